@@ -1,0 +1,320 @@
+"""
+Editing of streamed answers as they pass through: bytes arrive in arbitrary
+network reads, are decompressed, cut into SSE events or NDJSON lines, handed
+to a chunk editor as JSON objects, and sent on as soon as they are complete.
+"""
+
+import json
+import logging
+import re
+import zlib
+from collections.abc import Callable
+from typing import Protocol
+
+from thinking import DROP
+from thinking import KEEP
+from thinking import Edit
+
+logger = logging.getLogger(__name__)
+
+# A blank line: \n\n, \r\n\r\n, \r\n\n or \n\r\n. A leading \r is part of the event either way,
+# and leaving it out of the pattern lets the regex engine jump from \n to \n.
+_EVENT_END = re.compile(rb"\n\r?\n")
+_LINE = re.compile(rb"[^\n]*\n")
+# What an event must contain to need an edit while no filter holds state.
+# Go's JSON encoder (Ollama) writes `<` as \u003c.
+_EDIT_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
+_IDENTITY = "identity"
+_DECOMPRESSED = ("gzip", "x-gzip", "deflate")
+
+OutputHook = Callable[[bytes], None]
+"""Called with every bytes element the client is sent."""
+
+
+class ChunkEditor(Protocol):
+    @property
+    def idle(self) -> bool: ...
+
+    @property
+    def stripped(self) -> bool: ...
+
+    def edit(self, event: dict) -> Edit: ...
+
+    def finish(self) -> list[dict]: ...
+
+
+class SSEFramer:
+    """Cuts a byte stream into server-sent events, each with its terminating blank line."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._scan_from = 0
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        events = []
+        start = 0
+        # Only new bytes can complete a blank line, together with at most 2 bytes before them.
+        pos = self._scan_from
+        while match := _EVENT_END.search(buffer, pos):
+            events.append(bytes(buffer[start : match.end()]))
+            start = pos = match.end()
+        del buffer[:start]
+        self._scan_from = max(len(buffer) - 2, 0)
+        return events
+
+    def rest(self) -> bytes:
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        self._scan_from = 0
+        return rest
+
+
+class LineFramer:
+    """Cuts a byte stream into lines, each with its line ending."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        end = data.rfind(b"\n")
+        if end < 0:
+            self._buffer += data
+            return []
+        complete = bytes(self._buffer) + data[: end + 1]
+        self._buffer[:] = data[end + 1 :]
+        return _LINE.findall(complete)
+
+    def rest(self) -> bytes:
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+
+def _normalise(encoding: str | None) -> str:
+    return (encoding or _IDENTITY).strip().lower()
+
+
+def supports_encoding(encoding: str | None) -> bool:
+    """Whether EventStream can decode a body with this Content-Encoding."""
+    return _normalise(encoding) in (_IDENTITY, *_DECOMPRESSED)
+
+
+class _Decompressor:
+    """Undoes a gzip or deflate Content-Encoding read by read."""
+
+    def __init__(self, encoding: str) -> None:
+        self._zlib = None if encoding == "deflate" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+        self._head = b""
+
+    def decompress(self, data: bytes) -> bytes:
+        if self._zlib is None:
+            # "deflate" means zlib-wrapped, but some servers send it raw: the first two bytes tell.
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            data, self._head = self._head, b""
+            zlib_header = data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
+            self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        return self._zlib.decompress(data)
+
+    def flush(self) -> bytes:
+        return b"" if self._zlib is None else self._zlib.flush()
+
+
+def _parse(payload: bytes) -> dict | None:
+    try:
+        obj = json.loads(payload.decode())
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def _dumps(obj: dict) -> bytes:
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:
+        # lone surrogates, decoded from \ud800-style escapes, have no UTF-8 form
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
+class EventStream:
+    """
+    The callable for `flow.response.stream`, called once per network read and
+    once more with b"" at the end.
+
+    An empty bytes element makes mitmproxy end the client's chunked response,
+    so the result is always a list, and never holds one.
+    """
+
+    def __init__(
+        self,
+        framer: SSEFramer | LineFramer,
+        editor: ChunkEditor,
+        encoding: str | None = None,
+        on_output: OutputHook | None = None,
+    ) -> None:
+        encoding = _normalise(encoding)
+        self.editor = editor
+        self._framer = framer
+        self._decompressor = None if encoding == _IDENTITY else _Decompressor(encoding)
+        self._on_output = on_output
+        self._editing = True
+
+    @staticmethod
+    def sse(editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> "EventStream":
+        return SSEStream(editor, encoding, on_output)
+
+    @staticmethod
+    def ndjson(editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> "EventStream":
+        return NDJSONStream(editor, encoding, on_output)
+
+    @property
+    def stripped(self) -> bool:
+        return self.editor.stripped
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        output = [chunk for chunk in self._process(data) if chunk]
+        if self._on_output is not None:
+            for chunk in output:
+                self._on_output(chunk)
+        return output
+
+    def _process(self, data: bytes) -> list[bytes]:
+        try:
+            plain = self._decompress(data)
+        except zlib.error:
+            self._decompressor = None
+            return self._give_up([data])
+        if not self._editing:
+            return [plain]
+        events = self._framer.feed(plain)
+        if not data:
+            events.append(self._framer.rest())
+        output: list[bytes] = []
+        for i, event in enumerate(events):
+            try:
+                output += self._edit(event)
+            except Exception:
+                return output + self._give_up(events[i:])
+        if not data:
+            try:
+                carriers = self._carriers()
+            except Exception:
+                return output + self._give_up([])
+            if carriers and output:
+                output.append(self._terminator(output[-1]))
+            output += carriers
+        return output
+
+    def _decompress(self, data: bytes) -> bytes:
+        if self._decompressor is None:
+            return data
+        if data:
+            return self._decompressor.decompress(data)
+        return self._decompressor.flush()
+
+    def _give_up(self, unedited: list[bytes]) -> list[bytes]:
+        """Sends the rest of the stream as it comes: an unedited answer beats a lost one."""
+        if not self._editing:
+            return unedited
+        logger.exception("Cannot edit streamed response, passing the rest through unmodified.")
+        self._editing = False
+        try:
+            pending = self._carriers()
+        except Exception:
+            pending = []
+        return pending + unedited + [self._framer.rest()]
+
+    def _carriers(self) -> list[bytes]:
+        """The editor's held-back text, serialised."""
+        return [self._serialise(event) for event in self.editor.finish()]
+
+    def _edit(self, event: bytes) -> list[bytes]:
+        raise NotImplementedError
+
+    def _serialise(self, obj: dict) -> bytes:
+        raise NotImplementedError
+
+    def _terminator(self, last: bytes) -> bytes:
+        """What completes an unterminated last event, so that carriers can follow it."""
+        raise NotImplementedError
+
+
+class SSEStream(EventStream):
+    """Server-sent events with JSON data, as OpenAI-compatible servers stream them."""
+
+    def __init__(self, editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> None:
+        super().__init__(SSEFramer(), editor, encoding, on_output)
+        self._newline = b"\n"
+
+    def _edit(self, event: bytes) -> list[bytes]:
+        if self.editor.idle and not _EDIT_HINT.search(event):
+            return [event]
+        body = event.rstrip(b"\r\n")
+        lines = body.splitlines()
+        data = [_data_value(line) for line in lines if line.startswith(b"data:")]
+        if not data:
+            return [event]
+        self._newline = b"\r\n" if b"\r\n" in event else b"\n"
+        payload = b"\n".join(data)
+        if payload == b"[DONE]":
+            return self._carriers() + [event]
+        obj = _parse(payload)
+        if obj is None:
+            return [event]
+        result = self.editor.edit(obj)
+        if result is KEEP:
+            return [event]
+        if result is DROP:
+            return []
+        data_line = b"data: " + _dumps(obj)
+        rebuilt = []
+        for line in lines:
+            if not line.startswith(b"data:"):
+                rebuilt.append(line)
+            elif data_line:
+                rebuilt.append(data_line)
+                data_line = b""
+        return [self._newline.join(rebuilt) + event[len(body) :]]
+
+    def _serialise(self, obj: dict) -> bytes:
+        return b"data: " + _dumps(obj) + self._newline * 2
+
+    def _terminator(self, last: bytes) -> bytes:
+        if last.endswith((b"\n\n", b"\n\r\n")):
+            return b""
+        return self._newline if last.endswith(b"\n") else self._newline * 2
+
+
+def _data_value(line: bytes) -> bytes:
+    value = line[5:]
+    return value[1:] if value.startswith(b" ") else value
+
+
+class NDJSONStream(EventStream):
+    """One JSON object per line, as Ollama streams them."""
+
+    def __init__(self, editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> None:
+        super().__init__(LineFramer(), editor, encoding, on_output)
+
+    def _edit(self, line: bytes) -> list[bytes]:
+        if self.editor.idle and not _EDIT_HINT.search(line):
+            return [line]
+        content = line.rstrip(b"\r\n")
+        obj = _parse(content)
+        if obj is None:
+            return [line]
+        result = self.editor.edit(obj)
+        if result is KEEP:
+            return [line]
+        if result is DROP:
+            return []
+        return [_dumps(obj) + line[len(content) :]]
+
+    def _serialise(self, obj: dict) -> bytes:
+        return _dumps(obj) + b"\n"
+
+    def _terminator(self, last: bytes) -> bytes:
+        return b"" if last.endswith(b"\n") else b"\n"

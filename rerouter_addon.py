@@ -1,0 +1,82 @@
+"""
+openai-model-rerouter: a mitmproxy addon in front of OpenAI-compatible and Ollama servers.
+
+It rewrites `model` names, can ask models not to think, and strips
+`<think>...</think>` reasoning from answers, also from live streams.
+
+Usage (configured by environment variables, each also a `--set` option):
+    python rerouter_addon.py [extra mitmdump args]
+    mitmdump -s rerouter_addon.py
+    mitmweb -s rerouter_addon.py
+
+    UPSTREAM_URL=http://localhost:8000 MODEL_MAP='{"gpt-3.5-turbo": "qwen3:8b"}' \\
+        python rerouter_addon.py
+"""
+
+import os
+import sys
+
+from routing import ReverseProxy
+from rewriting import ModelRewrite
+from settings import LISTEN_HOST
+from settings import LISTEN_PORT
+from settings import UPSTREAM_URL
+from settings import Settings
+from stripping import ThinkStrip
+from upstream_failures import UpstreamFailures
+
+settings = Settings()
+
+addons = [
+    settings,
+    ReverseProxy(settings),
+    UpstreamFailures(settings),
+    ModelRewrite(settings),
+    ThinkStrip(settings),
+]
+
+USER_FLAGS = {
+    "mode": ("--mode", "-m"),
+    "listen_host": ("--listen-host",),
+    "listen_port": ("--listen-port", "-p"),
+    "connection_strategy": (),
+}
+
+
+def gives(args: list[str], option: str) -> bool:
+    """Whether the user's own arguments set `option`, by its flag or by `--set option=...`."""
+    flags = USER_FLAGS[option]
+    return any(
+        arg in flags
+        or arg.startswith(tuple(f"{f}=" for f in flags if f.startswith("--")))
+        or (prev == "--set" and arg.startswith(f"{option}="))
+        for prev, arg in zip([""] + args, args)
+    )
+
+
+def launch_args(args: list[str]) -> list[str]:
+    """mitmdump arguments that start the reverse proxy directly, without mitmproxy's 8080 detour."""
+    upstream = UPSTREAM_URL.read(UPSTREAM_URL.environ())
+    ours = {
+        "mode": ["--mode", f"reverse:{upstream.url}"],
+        "listen_host": ["--listen-host", LISTEN_HOST.environ()],
+        "listen_port": ["--listen-port", str(LISTEN_PORT.read(LISTEN_PORT.environ()))],
+        "connection_strategy": ["--set", "connection_strategy=lazy"],
+    }
+    launch = [arg for option, flags in ours.items() if not gives(args, option) for arg in flags]
+    return [*launch, "-s", os.path.abspath(__file__), *args]
+
+
+def main() -> int:
+    try:
+        args = launch_args(sys.argv[1:])
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 1
+    from mitmproxy.tools.main import mitmdump
+
+    return mitmdump(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""
+The rerouter's settings: one mitmproxy option per environment variable.
+
+Every variable of the contract is an option named after the lower-cased
+variable (`--set model_map=...`); the environment variable is the option's
+default. Options are declared as strings and parsed here, because mitmproxy
+silently unloads an addon when a typed option gets a malformed `--set` value.
+"""
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+from typing import NamedTuple
+from urllib.parse import urlsplit
+
+from mitmproxy import ctx
+from mitmproxy import exceptions
+
+from modelmap import ModelMap
+
+logger = logging.getLogger(__name__)
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class Upstream(NamedTuple):
+    """An upstream server: scheme, host and port, never a path."""
+
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError(f"expected true/false/1/0/yes/no, got {text!r}")
+
+
+def parse_upstream(text: str) -> Upstream:
+    """mitmproxy's reverse mode takes no path, so a base URL with one is refused, not cut."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"invalid URL {text!r}: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://host:port or https://host:port, got {text!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(
+            f"must be a server address without a path, got {text!r} "
+            f"(use {parts.scheme}://{parts.netloc}; clients send the full path such as /v1/...)"
+        )
+    default_port = 443 if parts.scheme == "https" else 80
+    return Upstream(parts.scheme, parts.hostname, port or default_port)
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return seconds
+
+
+def parse_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ValueError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"expected a port number from 0 to 65535, got {text!r}")
+    return port
+
+
+def parse_model_map(text: str) -> ModelMap:
+    try:
+        mapping = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"invalid JSON: {e}") from None
+    return ModelMap.from_dict(mapping)
+
+
+class Setting(NamedTuple):
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def option(self) -> str:
+        return self.env.lower()
+
+    def environ(self) -> str:
+        return os.environ.get(self.env, self.default)
+
+    def read(self, text: str) -> Any:
+        """Parse `text`; a bad value is a ValueError whose message names the variable."""
+        try:
+            return self.parse(text)
+        except ValueError as e:
+            raise ValueError(f"{self.env} (option {self.option}): {e}") from None
+
+
+UPSTREAM_URL = Setting(
+    "UPSTREAM_URL",
+    "http://localhost:8000",
+    parse_upstream,
+    "OpenAI-compatible server (scheme://host:port) for every path that is not Ollama-native.",
+)
+OLLAMA_UPSTREAM_URL = Setting(
+    "OLLAMA_UPSTREAM_URL",
+    "http://localhost:11434",
+    parse_upstream,
+    "Ollama server (scheme://host:port) for Ollama-native paths /api/*.",
+)
+MODEL_MAP = Setting(
+    "MODEL_MAP",
+    "{}",
+    parse_model_map,
+    "JSON object of model rewrites; keys are exact names or /regex/ (/regex/i ignores case), "
+    'values may use \\1 or \\g<name> (written \\\\1 in JSON), e.g. {"gpt-4": "llama3-70b", "/^claude-(.*)$/": "qwen3:\\\\1"}.',
+)
+STRIP_THINKING = Setting(
+    "STRIP_THINKING",
+    "true",
+    parse_bool,
+    "Remove <think>...</think> blocks and separated reasoning from answers, also in streams.",
+)
+DISABLE_THINKING = Setting(
+    "DISABLE_THINKING",
+    "false",
+    parse_bool,
+    "Append ' /no_think' to the last user message or prompt.",
+)
+REQUEST_TIMEOUT = Setting(
+    "REQUEST_TIMEOUT",
+    "60.0",
+    parse_seconds,
+    "Seconds to wait for the upstream's response headers before answering 504; "
+    "a stream that has started is never cut.",
+)
+SETTINGS = (UPSTREAM_URL, OLLAMA_UPSTREAM_URL, MODEL_MAP, STRIP_THINKING, DISABLE_THINKING, REQUEST_TIMEOUT)
+
+# mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
+LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
+LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
+
+
+class Settings:
+    """
+    Declares and parses every rerouter option; the other addons read the parsed values here.
+
+    A bad value at startup is logged as one line naming the variable, which makes
+    mitmproxy's ErrorCheck stop startup with exit code 1 (a raised OptionsError
+    would print a traceback instead). At runtime, e.g. from mitmweb's option
+    editor, it is refused with an OptionsError, which rolls the change back.
+    """
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {s.option: s.parse(s.default) for s in SETTINGS}
+        self.listen_host: str = LISTEN_HOST.default
+        self.listen_port: int = LISTEN_PORT.parse(LISTEN_PORT.default)
+        self.is_running = False
+
+    def __getattr__(self, option: str) -> Any:
+        try:
+            return self.__dict__["values"][option]
+        except KeyError:
+            raise AttributeError(option) from None
+
+    def load(self, loader) -> None:
+        for setting in SETTINGS:
+            loader.add_option(setting.option, str, setting.environ(), setting.help)
+        self.listen_host = self._parse(LISTEN_HOST, LISTEN_HOST.environ(), self.listen_host)
+        self.listen_port = self._parse(LISTEN_PORT, LISTEN_PORT.environ(), self.listen_port)
+
+    def configure(self, updated: set[str]) -> None:
+        for setting in SETTINGS:
+            if setting.option in updated:
+                value = getattr(ctx.options, setting.option)
+                self.values[setting.option] = self._parse(
+                    setting, value, self.values[setting.option]
+                )
+
+    def running(self) -> None:
+        self.is_running = True
+
+    def _parse(self, setting: Setting, text: str, previous: Any) -> Any:
+        try:
+            return setting.read(text)
+        except ValueError as e:
+            if self.is_running:
+                raise exceptions.OptionsError(str(e)) from None
+            logger.error(str(e))
+            return previous

@@ -1,0 +1,73 @@
+"""
+Think stripping on responses: plain JSON answers in `response`, live streams in `responseheaders`.
+"""
+
+from mitmproxy import http
+
+from framing import EventStream
+from framing import supports_encoding
+from rewriting import annotate
+from rewriting import json_object
+from rewriting import set_json
+from settings import Settings
+from thinking import OllamaChunkEditor
+from thinking import OpenAIChunkEditor
+from thinking import strip_response
+
+SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+
+
+def media_type(response: http.Response) -> str:
+    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+class ThinkStrip:
+    """
+    Event streams are always streamed, never buffered (mitmproxy would hold an
+    SSE answer until it ends); with STRIP_THINKING on, each event is edited on
+    the way through.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        if response is None:
+            return
+        kind = media_type(response)
+        if kind not in (SSE, NDJSON):
+            return
+        encoding = response.headers.get("content-encoding")
+        if not self.settings.strip_thinking or not supports_encoding(encoding):
+            response.stream = True
+            return
+        if kind == SSE:
+            response.stream = EventStream.sse(OpenAIChunkEditor(), encoding)
+        else:
+            response.stream = EventStream.ndjson(OllamaChunkEditor(), encoding)
+        # the body's length changes and it leaves decoded
+        response.headers.pop("content-length", None)
+        response.headers.pop("content-encoding", None)
+        if response.http_version == "HTTP/1.1":
+            response.headers["transfer-encoding"] = "chunked"
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        response = flow.response
+        if response is None or not self.settings.strip_thinking:
+            return
+        if isinstance(response.stream, EventStream):
+            if response.stream.stripped:
+                annotate(flow, "thinking stripped")
+            return
+        if (
+            flow.request.method != "POST"
+            or not 200 <= response.status_code < 300
+            or media_type(response) != "application/json"
+        ):
+            return
+        body = json_object(response)
+        if body is not None and strip_response(body):
+            set_json(response, body)
+            annotate(flow, "thinking stripped")

@@ -1,0 +1,128 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import tflow
+from mitmproxy.test import tutils
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+UPSTREAM = "http://127.0.0.1:8000"
+
+
+def reverse_flow(
+    path: str = "/v1/chat/completions",
+    body: object = None,
+    method: str = "POST",
+    content: bytes | None = None,
+) -> http.HTTPFlow:
+    """A live flow as it reaches the hooks in reverse mode: aimed at UPSTREAM, Host rewritten."""
+    flow = tflow.tflow()
+    flow.client_conn.proxy_mode = ProxyMode.parse(f"reverse:{UPSTREAM}")
+    if content is None:
+        content = b"" if body is None else json.dumps(body).encode()
+    flow.request = tutils.treq(
+        method=method.encode(),
+        host="127.0.0.1",
+        port=8000,
+        path=path.encode(),
+        headers=http.Headers(host="127.0.0.1:8000", content_type="application/json"),
+        content=content,
+    )
+    return flow
+
+
+def json_response(body: object, status: int = 200, content_type: str = "application/json") -> http.Response:
+    return http.Response.make(status, json.dumps(body), {"content-type": content_type})
+
+
+def start(tctx, *addons) -> None:
+    """What mitmproxy does once a script is loaded: configure with every option."""
+    for addon in addons:
+        addon.configure(set(tctx.options.keys()))
+
+
+@pytest.fixture
+def settings_env(monkeypatch):
+    """A clean environment for the rerouter's variables."""
+    for name in (
+        "UPSTREAM_URL",
+        "OLLAMA_UPSTREAM_URL",
+        "MODEL_MAP",
+        "STRIP_THINKING",
+        "DISABLE_THINKING",
+        "REQUEST_TIMEOUT",
+        "LISTEN_HOST",
+        "LISTEN_PORT",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+MODEL_MAP = {
+    "gpt-4": "llama3-70b",
+    "gpt-3.5-turbo": "qwen3:8b",
+    "/^claude-(.*)$/": r"llama3-\1",
+}
+
+
+@pytest.fixture(scope="session")
+def openai_upstream():
+    from tests.upstream import MockUpstream
+
+    with MockUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture(scope="session")
+def ollama_upstream():
+    from tests.upstream import MockUpstream
+
+    with MockUpstream() as upstream:
+        yield upstream
+
+
+class Rerouters:
+    """Starts rerouter processes against the two mock upstreams and stops them all at the end."""
+
+    def __init__(self, confdir, openai_upstream, ollama_upstream) -> None:
+        self.confdir = confdir
+        self.env = {
+            "UPSTREAM_URL": openai_upstream.url,
+            "OLLAMA_UPSTREAM_URL": ollama_upstream.url,
+            "MODEL_MAP": json.dumps(MODEL_MAP),
+        }
+        self.started = []
+
+    def __call__(self, form: str = "python", env: dict | None = None, args=(), ready: bool = True):
+        from tests.proxy import ProxyProcess
+        from tests.proxy import command
+
+        argv = command(form, self.confdir / f"conf{len(self.started)}", list(args))
+        process = ProxyProcess(argv, {**self.env, **(env or {})})
+        self.started.append(process)
+        return process.wait_ready() if ready else process
+
+    def stop(self) -> None:
+        for process in self.started:
+            process.stop()
+
+
+@pytest.fixture
+def rerouter(tmp_path, openai_upstream, ollama_upstream):
+    """Start a rerouter process: rerouter(form="python", env={...}, args=[...], ready=True)."""
+    rerouters = Rerouters(tmp_path, openai_upstream, ollama_upstream)
+    yield rerouters
+    rerouters.stop()
+
+
+@pytest.fixture(scope="module")
+def module_rerouter(tmp_path_factory, openai_upstream, ollama_upstream):
+    """Like `rerouter`, for processes shared by a module's tests."""
+    rerouters = Rerouters(tmp_path_factory.mktemp("rerouter"), openai_upstream, ollama_upstream)
+    yield rerouters
+    rerouters.stop()

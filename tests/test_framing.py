@@ -1,0 +1,385 @@
+import gzip
+import json
+import logging
+import re
+import zlib
+
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+from framing import EventStream
+from framing import LineFramer
+from framing import SSEFramer
+from framing import supports_encoding
+from thinking import KEEP
+from thinking import OllamaChunkEditor
+from thinking import OpenAIChunkEditor
+from thinking import strip_think
+
+FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    """data cut into pieces of the given sizes, cycling through them."""
+    pieces = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)] if sizes else len(data)
+        pieces.append(data[pos : pos + size])
+        pos += size
+        i += 1
+    return pieces
+
+
+def run(stream: EventStream, pieces: list[bytes]) -> list[bytes]:
+    """Feeds pieces and the final b"", checking mitmproxy's contract on every call."""
+    output = []
+    for piece in [*pieces, b""]:
+        result = stream(piece)
+        assert isinstance(result, list)
+        assert all(isinstance(element, bytes) and element for element in result)
+        output += result
+    return output
+
+
+def sse(obj: dict | str, newline: str = "\n") -> bytes:
+    data = obj if isinstance(obj, str) else json.dumps(obj)
+    return f"data: {data}{newline}{newline}".encode()
+
+
+def chat_chunk(content=None, index=0, finish_reason=None, **delta) -> dict:
+    if content is not None:
+        delta["content"] = content
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "qwen3",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
+def go_json(obj: dict) -> bytes:
+    """JSON as Go's encoder writes it: <, > and & escaped."""
+    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
+
+
+def parse_sse(output: bytes) -> list[list[bytes]]:
+    """The data values of every event; fails unless each event is terminated and its data is JSON or [DONE]."""
+    assert re.search(rb"\r?\n\r?\n\Z", output)
+    events = []
+    for event in re.split(rb"\r?\n\r?\n", output)[:-1]:
+        data = [line[6:] for line in event.splitlines() if line.startswith(b"data: ")]
+        for value in data:
+            if value != b"[DONE]":
+                json.loads(value)
+        events.append(data)
+    return events
+
+
+def parse_ndjson(output: bytes) -> list[dict]:
+    assert output.endswith(b"\n")
+    return [json.loads(line) for line in output.splitlines()]
+
+
+class TestSSEFramer:
+    @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\n\n", b"\n\r\n"])
+    def test_event_endings(self, end):
+        framer = SSEFramer()
+        assert framer.feed(b"data: 1" + end + b"data: 2") == [b"data: 1" + end]
+        assert framer.rest() == b"data: 2"
+        assert framer.rest() == b""
+
+    def test_several_events_per_chunk(self):
+        framer = SSEFramer()
+        assert framer.feed(b": ping\n\ndata: a\n\nevent: x\ndata: b\n\n") == [b": ping\n\n", b"data: a\n\n", b"event: x\ndata: b\n\n"]
+
+    @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
+    def test_one_byte_chunks(self, newline):
+        stream = (b"data: {}" + newline + newline) * 3 + b"id: 1" + newline + b"data: x" + newline + newline
+        framer = SSEFramer()
+        events = []
+        for i in range(len(stream)):
+            events += framer.feed(stream[i : i + 1])
+        assert b"".join(events) == stream
+        assert len(events) == 4
+        assert framer.rest() == b""
+
+    def test_multibyte_characters_split(self):
+        stream = 'data: {"content":"é😀"}\n\n'.encode()
+        framer = SSEFramer()
+        events = framer.feed(stream[:18]) + framer.feed(stream[18:21]) + framer.feed(stream[21:])
+        assert events == [stream]
+
+    @given(st.lists(st.sampled_from([b"data: x", b"\n", b"\r\n", b": c", b"\r"]), max_size=30), st.lists(st.integers(1, 7), max_size=10))
+    def test_chunking_never_changes_events(self, parts, sizes):
+        stream = b"".join(parts)
+        whole = SSEFramer()
+        expected = whole.feed(stream) + [whole.rest()]
+        framer = SSEFramer()
+        events = []
+        for piece in chunked(stream, sizes):
+            events += framer.feed(piece)
+        assert events + [framer.rest()] == expected
+
+
+class TestLineFramer:
+    def test_lines(self):
+        framer = LineFramer()
+        assert framer.feed(b'{"a":1}\n{"b"') == [b'{"a":1}\n']
+        assert framer.feed(b":2}\r\n\n{") == [b'{"b":2}\r\n', b"\n"]
+        assert framer.rest() == b"{"
+        assert framer.rest() == b""
+
+    def test_one_byte_chunks(self):
+        stream = '{"x":"é"}\n{"y":2}\r\n'.encode()
+        framer = LineFramer()
+        lines = []
+        for i in range(len(stream)):
+            lines += framer.feed(stream[i : i + 1])
+        assert lines == ['{"x":"é"}\n'.encode(), b'{"y":2}\r\n']
+
+
+def test_supports_encoding():
+    for encoding in (None, "", "identity", "gzip", "GZIP", "x-gzip", "deflate", " deflate "):
+        assert supports_encoding(encoding)
+    for encoding in ("br", "zstd", "gzip, br", "compress"):
+        assert not supports_encoding(encoding)
+
+
+class TestSSEStream:
+    def test_plain_stream_is_byte_identical(self):
+        stream = b": keep-alive\n\n" + sse(chat_chunk("", role="assistant")) + sse(chat_chunk("Hi"))
+        stream += b"event: ping\n\nretry: 100\n\n" + sse("[DONE]")
+        assert b"".join(run(EventStream.sse(OpenAIChunkEditor()), chunked(stream, [5]))) == stream
+
+    def test_strips_and_drops(self):
+        stream = sse(chat_chunk("<think>")) + sse(chat_chunk("hmm")) + sse(chat_chunk("</think>\n\nHi")) + sse("[DONE]")
+        output = run(EventStream.sse(OpenAIChunkEditor()), [stream])
+        compact = json.dumps(chat_chunk("Hi"), separators=(",", ":")).encode()
+        assert output == [b"data: " + compact + b"\n\n", b"data: [DONE]\n\n"]
+
+    def test_event_and_id_lines_preserved(self):
+        data = json.dumps(chat_chunk("<think>x</think>A")).encode()
+        event = b"event: delta\r\nid: 7\r\n: note\r\ndata: " + data + b"\r\nretry: 5\r\n\r\n"
+        [output] = run(EventStream.sse(OpenAIChunkEditor()), [event])
+        lines = output.split(b"\r\n")
+        assert lines[:3] == [b"event: delta", b"id: 7", b": note"]
+        assert json.loads(lines[3][6:])["choices"][0]["delta"]["content"] == "A"
+        assert lines[4:] == [b"retry: 5", b"", b""]
+
+    def test_multiline_data(self):
+        event = b'data: {"choices":[{"index":0,\ndata:"delta":{"content":"<think>x</think>A"}}]}\n\n'
+        assert run(EventStream.sse(OpenAIChunkEditor()), [event]) == [b'data: {"choices":[{"index":0,"delta":{"content":"A"}}]}\n\n']
+
+    @pytest.mark.parametrize(
+        "event", [b"data: <not json>\n\n", b"data: [1, 2]\n\n", b'data: "<think>"\n\n', b"data: \xff<\n\n", b"data:<\n\n"]
+    )
+    def test_non_json_data_passes(self, event):
+        assert run(EventStream.sse(OpenAIChunkEditor()), [event]) == [event]
+
+    def test_done_sends_pending_text_first(self):
+        stream = sse(chat_chunk("a <th")) + sse("[DONE]")
+        output = run(EventStream.sse(OpenAIChunkEditor()), chunked(stream, [1]))
+        events = parse_sse(b"".join(output))
+        assert [json.loads(data[0])["choices"][0]["delta"]["content"] for data in events[:2]] == ["a ", "<th"]
+        assert events[2] == [b"[DONE]"]
+
+    def test_unterminated_last_event(self):
+        tail = b"data: " + json.dumps(chat_chunk("<think>x</think>B")).encode()
+        output = run(EventStream.sse(OpenAIChunkEditor()), [sse(chat_chunk("A")), tail])
+        assert output[-1].startswith(b"data: {") and not output[-1].endswith(b"\n")
+        assert json.loads(output[-1][6:])["choices"][0]["delta"]["content"] == "B"
+
+    def test_unterminated_last_event_before_pending_text(self):
+        tail = b"data: " + json.dumps(chat_chunk("B <")).encode() + b"\n"
+        output = b"".join(run(EventStream.sse(OpenAIChunkEditor()), [tail]))
+        events = parse_sse(output)
+        assert [json.loads(data[0])["choices"][0]["delta"]["content"] for data in events] == ["B ", "<"]
+
+    def test_never_returns_empty_bytes(self):
+        stream = EventStream.sse(OpenAIChunkEditor())
+        assert stream(b"da") == []
+        assert stream(b"ta: ") == []
+        assert stream(b"") == [b"data: "]
+        assert EventStream.sse(OpenAIChunkEditor())(b"") == []
+
+    @pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "raw-deflate"])
+    def test_compressed(self, encoding):
+        stream = sse(chat_chunk("<think>x</think>A")) + sse(chat_chunk(" b")) + sse("[DONE]")
+        if encoding == "raw-deflate":
+            compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+            body = compressor.compress(stream) + compressor.flush()
+            encoding = "deflate"
+        elif encoding == "deflate":
+            body = zlib.compress(stream)
+        else:
+            body = gzip.compress(stream)
+        output = b"".join(run(EventStream.sse(OpenAIChunkEditor(), encoding), chunked(body, [1, 3])))
+        assert [json.loads(data[0])["choices"][0]["delta"]["content"] for data in parse_sse(output)[:2]] == ["A", " b"]
+
+    def test_corrupt_compression_passes_through(self, caplog):
+        body = gzip.compress(sse(chat_chunk("A")))
+        corrupt = body[:10] + b"\x00garbage" + body[10:]
+        with caplog.at_level(logging.ERROR):
+            output = run(EventStream.sse(OpenAIChunkEditor(), "gzip"), [corrupt, b"more"])
+        assert b"".join(output) == corrupt + b"more"
+        assert len(caplog.records) == 1
+
+    def test_go_escaped_tags(self):
+        stream = b"data: " + go_json(chat_chunk("<think>x</think>Hi")) + b"\n\n"
+        assert b"\\u003cthink" in stream
+        [output] = run(EventStream.sse(OpenAIChunkEditor()), [stream])
+        assert json.loads(output[6:])["choices"][0]["delta"]["content"] == "Hi"
+
+    def test_editor_failure_passes_rest_through(self, caplog):
+        class Failing(OpenAIChunkEditor):
+            calls = 0
+
+            def edit(self, event):
+                self.calls += 1
+                if self.calls == 2:
+                    raise RuntimeError("boom")
+                return super().edit(event)
+
+        stream = sse(chat_chunk("<think>a</think>A")) + sse(chat_chunk("<b>")) + sse(chat_chunk("<think>c")) + b"data: x"
+        with caplog.at_level(logging.ERROR):
+            output = b"".join(run(EventStream.sse(Failing()), chunked(stream, [7])))
+        first = sse(chat_chunk("<think>a</think>A"))
+        assert output.endswith(stream[len(first) :])
+        assert json.loads(output[6 : output.index(b"\n")])["choices"][0]["delta"]["content"] == "A"
+        assert len(caplog.records) == 1
+
+    def test_on_output_sees_what_the_client_gets(self):
+        seen = []
+        stream = EventStream.sse(OpenAIChunkEditor(), on_output=seen.append)
+        output = run(stream, chunked(sse(chat_chunk("<think>x</think>A")) + sse("[DONE]"), [4]))
+        assert seen == output
+
+    def test_stripped(self):
+        stream = EventStream.sse(OpenAIChunkEditor())
+        run(stream, [sse(chat_chunk("Hi"))])
+        assert not stream.stripped
+        stream = EventStream.sse(OpenAIChunkEditor())
+        run(stream, [sse(chat_chunk("<think></think>Hi"))])
+        assert stream.stripped
+
+
+class TestNDJSONStream:
+    def test_plain_stream_is_byte_identical(self):
+        stream = go_json({"message": {"role": "assistant", "content": "a > b & c"}, "done": False}) + b"\n\n" + b'{"done":true}\r\n'
+        assert b"".join(run(EventStream.ndjson(OllamaChunkEditor()), chunked(stream, [3]))) == stream
+
+    def test_go_escaped_chat(self):
+        lines = [
+            go_json({"message": {"role": "assistant", "content": text}, "done": False}) + b"\n"
+            for text in ("<think>", "x", "</think>\n", "Hi")
+        ]
+        output = run(EventStream.ndjson(OllamaChunkEditor()), chunked(b"".join(lines), [1]))
+        assert output == ['{"message":{"role":"assistant","content":"Hi"},"done":false}\n'.encode()]
+
+    def test_thinking_field_removed(self):
+        line = go_json({"message": {"role": "assistant", "content": "", "thinking": "hm"}, "done": False}) + b"\n"
+        done = b'{"message":{"role":"assistant","content":""},"done":true}\n'
+        assert run(EventStream.ndjson(OllamaChunkEditor()), [line + done]) == [done]
+
+    def test_generate_done_flushes(self):
+        lines = b'{"response":"a <th","done":false}\r\n{"response":"","done":true}\r\n'
+        output = run(EventStream.ndjson(OllamaChunkEditor()), [lines])
+        assert output == [b'{"response":"a ","done":false}\r\n', b'{"response":"<th","done":true}\r\n']
+
+    def test_pending_text_sent_at_end_without_done(self):
+        output = run(EventStream.ndjson(OllamaChunkEditor(), None), [b'{"model":"m","response":"a <"}'])
+        assert b"".join(output) == b'{"model":"m","response":"a "}\n{"model":"m","response":"<","done":false}\n'
+
+    def test_non_json_lines_pass(self):
+        stream = b"not json <\n[1]\n\n"
+        assert b"".join(run(EventStream.ndjson(OllamaChunkEditor()), [stream])) == stream
+
+    def test_gzip(self):
+        body = gzip.compress(b'{"response":"<think>x</think>A","done":true}\n')
+        assert run(EventStream.ndjson(OllamaChunkEditor(), "gzip"), chunked(body, [2])) == [b'{"response":"A","done":true}\n']
+
+
+def interleave(data, token_lists: list[list[str]]) -> list[tuple[int, str]]:
+    """The tokens of every choice in one random order that keeps each choice's own order."""
+    queues = [list(tokens) for tokens in token_lists]
+    order = data.draw(st.permutations([index for index, tokens in enumerate(queues) for _ in tokens]))
+    return [(index, queues[index].pop(0)) for index in order]
+
+
+def tokens_of(data, text: str) -> list[str]:
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(len(text) - 1, 1)), max_size=len(text)))))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)]) if a < b]
+
+
+answers = st.lists(st.sampled_from(FRAGMENTS), max_size=25).map("".join)
+byte_chunks = st.lists(st.integers(1, 50), min_size=1, max_size=12) | st.just([1])
+
+
+class TestWholeStreams:
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(answers, min_size=1, max_size=2), byte_chunks, st.booleans(), st.sampled_from(["\n", "\r\n"]), st.data())
+    def test_openai(self, texts, sizes, with_usage, newline, data):
+        tokens = interleave(data, [tokens_of(data, text) for text in texts])
+        choices = range(len(texts))
+        body = b"".join(sse(chat_chunk("", index=index, role="assistant"), newline) for index in choices)
+        body += b"".join(sse(chat_chunk(token, index=index), newline) for index, token in tokens)
+        body += b"".join(sse(chat_chunk(index=index, finish_reason="stop"), newline) for index in choices)
+        if with_usage:
+            body += sse({"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 5}}, newline)
+        body += sse("[DONE]", newline)
+
+        output = run(EventStream.sse(OpenAIChunkEditor()), chunked(body, sizes))
+
+        events = parse_sse(b"".join(output))
+        assert events[-1] == [b"[DONE]"]
+        chunks = [json.loads(data[0]) for data in events[:-1]]
+        for index in choices:
+            mine = [chunk["choices"][0] for chunk in chunks if chunk["choices"] and chunk["choices"][0]["index"] == index]
+            assert "".join(choice["delta"].get("content") or "" for choice in mine) == strip_think(texts[index])
+            assert [choice["delta"].get("role") for choice in mine].count("assistant") == 1
+            assert [choice["finish_reason"] for choice in mine].count("stop") == 1
+        assert sum("usage" in chunk for chunk in chunks) == with_usage
+
+    @settings(max_examples=150, deadline=None)
+    @given(answers, byte_chunks, st.sampled_from(["chat", "generate"]), st.data())
+    def test_ollama(self, text, sizes, api, data):
+        def line(token: str, done: bool) -> bytes:
+            if api == "chat":
+                obj = {"model": "qwen3", "message": {"role": "assistant", "content": token}, "done": done}
+            else:
+                obj = {"model": "qwen3", "response": token, "done": done}
+            return go_json(obj) + b"\n"
+
+        body = b"".join(line(token, False) for token in tokens_of(data, text)) + line("", True)
+
+        output = run(EventStream.ndjson(OllamaChunkEditor()), chunked(body, sizes))
+
+        objects = parse_ndjson(b"".join(output))
+        if api == "chat":
+            content = "".join(obj["message"]["content"] for obj in objects)
+        else:
+            content = "".join(obj["response"] for obj in objects)
+        assert content == strip_think(text)
+        assert [obj["done"] for obj in objects].count(True) == 1
+        assert objects[-1]["done"]
+
+
+def test_fast_path_skips_parsing():
+    class Counting(OpenAIChunkEditor):
+        edits = 0
+
+        def edit(self, event):
+            self.edits += 1
+            return super().edit(event)
+
+    editor = Counting()
+    stream = sse(chat_chunk("plain")) + sse(chat_chunk("a < b")) + b"data: " + go_json(chat_chunk("a > b")) + b"\n\n"
+    run(EventStream.sse(editor), [stream])
+    assert editor.edits == 1
+    assert editor.edit(chat_chunk("x")) is KEEP

@@ -1,0 +1,140 @@
+import json
+
+import pytest
+from mitmproxy.test import taddons
+
+from rewriting import ModelRewrite
+from settings import Settings
+from tests.conftest import json_response
+from tests.conftest import reverse_flow
+from tests.conftest import start
+
+
+@pytest.fixture
+def rewrite(settings_env):
+    settings_env.setenv("MODEL_MAP", json.dumps({"gpt-4": "llama3-70b", "gpt-3.5-turbo": "qwen3:8b", "/^claude-(.*)$/": r"qwen3-\1"}))
+    s = Settings()
+    m = ModelRewrite(s)
+    with taddons.context(s, m) as tctx:
+        start(tctx, s)
+        yield tctx, s, m
+
+
+def sent(flow) -> dict:
+    return json.loads(flow.request.content)
+
+
+class TestModelRewrite:
+    @pytest.mark.parametrize(
+        "path",
+        ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages", "/api/chat", "/api/generate", "/api/embed", "/api/show", "/anything/else"],
+    )
+    def test_model_rewritten_on_every_path(self, rewrite, path):
+        tctx, s, m = rewrite
+        f = reverse_flow(path, {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+        m.request(f)
+        assert sent(f)["model"] == "llama3-70b"
+        assert sent(f)["messages"] == [{"role": "user", "content": "hi"}]
+        assert f.comment == "model: gpt-4 -> llama3-70b"
+        assert f.marked
+
+    def test_pattern_with_group(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow(body={"model": "claude-haiku-4-5"})
+        m.request(f)
+        assert sent(f)["model"] == "qwen3-haiku-4-5"
+
+    def test_unchanged_body_is_not_reserialised(self, rewrite):
+        tctx, s, m = rewrite
+        raw = b'{ "model" : "unmapped",   "x": 1 }'
+        f = reverse_flow(content=raw)
+        m.request(f)
+        assert f.request.content == raw
+        assert not f.comment
+
+    @pytest.mark.parametrize(
+        "raw",
+        [b"not json", b"\x00\x01\xff\xfe binary", b'["model", "gpt-4"]', b'{"model": 4}', b'{"model": null}', b'{"model": "gpt-4"', b"", b"[" * 100000],
+    )
+    def test_other_bodies_pass_byte_for_byte(self, rewrite, raw):
+        tctx, s, m = rewrite
+        f = reverse_flow(content=raw)
+        m.request(f)
+        assert f.request.content == raw
+
+    def test_deeply_nested_json_does_not_crash(self, rewrite):
+        tctx, s, m = rewrite
+        raw = b'{"model": "gpt-4", "x": ' + b"[" * 100000 + b"]" * 100000 + b"}"
+        f = reverse_flow(content=raw)
+        m.request(f)
+        assert f.request.content == raw
+
+    def test_content_length_follows_the_new_body(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow(body={"model": "gpt-3.5-turbo"})
+        f.request.headers["content-length"] = str(len(f.request.content))
+        m.request(f)
+        assert int(f.request.headers["content-length"]) == len(f.request.content)
+        assert sent(f)["model"] == "qwen3:8b"
+
+    def test_get_requests_are_not_parsed(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow("/api/tags", {"model": "gpt-4"}, method="GET")
+        m.request(f)
+        assert sent(f)["model"] == "gpt-4"
+
+    def test_no_think(self, rewrite):
+        tctx, s, m = rewrite
+        tctx.configure(s, disable_thinking="yes")
+        f = reverse_flow(body={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
+        m.request(f)
+        assert sent(f)["messages"][0]["content"] == "hi /no_think"
+        assert f.comment == "model: gpt-4 -> llama3-70b; /no_think appended"
+        g = reverse_flow("/api/generate", {"model": "x", "prompt": "why"})
+        m.request(g)
+        assert sent(g)["prompt"] == "why /no_think"
+
+    def test_no_think_off_by_default(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow(body={"model": "x", "messages": [{"role": "user", "content": "hi"}]})
+        m.request(f)
+        assert sent(f)["messages"][0]["content"] == "hi"
+
+
+class TestModelLists:
+    def test_openai_models_gain_aliases(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow("/v1/models", method="GET")
+        f.response = json_response({"object": "list", "data": [{"id": "llama3-70b", "object": "model", "created": 1, "owned_by": "vllm"}]})
+        m.response(f)
+        ids = [e["id"] for e in f.response.json()["data"]]
+        assert ids == ["llama3-70b", "gpt-4"]
+        assert f.response.json()["data"][1]["owned_by"] == "vllm"
+
+    def test_ollama_tags_gain_aliases(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow("/api/tags", method="GET")
+        f.response = json_response({"models": [{"name": "qwen3:8b", "model": "qwen3:8b", "size": 1}]})
+        m.response(f)
+        assert [e["name"] for e in f.response.json()["models"]] == ["qwen3:8b", "gpt-3.5-turbo"]
+
+    def test_upstream_errors_and_other_paths_untouched(self, rewrite):
+        tctx, s, m = rewrite
+        body = {"data": [{"id": "llama3-70b"}]}
+        f = reverse_flow("/v1/models", method="GET")
+        f.response = json_response(body, status=500)
+        m.response(f)
+        assert f.response.json() == body
+        g = reverse_flow("/v1/other", method="GET")
+        g.response = json_response(body)
+        m.response(g)
+        assert g.response.json() == body
+
+    def test_gzip_listing(self, rewrite):
+        tctx, s, m = rewrite
+        f = reverse_flow("/v1/models", method="GET")
+        f.response = json_response({"data": [{"id": "llama3-70b"}]})
+        f.response.encode("gzip")
+        m.response(f)
+        assert f.response.headers["content-encoding"] == "gzip"
+        assert [e["id"] for e in f.response.json()["data"]] == ["llama3-70b", "gpt-4"]

@@ -1,0 +1,146 @@
+import logging
+
+import pytest
+from mitmproxy import exceptions
+from mitmproxy.test import taddons
+
+import settings as settings_module
+from settings import Settings
+from settings import Upstream
+from settings import parse_bool
+from settings import parse_port
+from settings import parse_seconds
+from settings import parse_upstream
+from tests.conftest import start
+
+
+@pytest.mark.parametrize("word", ["true", "TRUE", "1", "yes", "Yes", " on "])
+def test_parse_bool_true(word):
+    assert parse_bool(word) is True
+
+
+@pytest.mark.parametrize("word", ["false", "False", "0", "no", "NO", "off"])
+def test_parse_bool_false(word):
+    assert parse_bool(word) is False
+
+
+@pytest.mark.parametrize("word", ["", "maybe", "2", "truee"])
+def test_parse_bool_refuses_unknown_words(word):
+    with pytest.raises(ValueError, match="expected true/false"):
+        parse_bool(word)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("http://localhost:8000", Upstream("http", "localhost", 8000)),
+        ("http://localhost:8000/", Upstream("http", "localhost", 8000)),
+        ("https://api.example.com", Upstream("https", "api.example.com", 443)),
+        ("http://example.com", Upstream("http", "example.com", 80)),
+        ("http://[::1]:11434", Upstream("http", "::1", 11434)),
+    ],
+)
+def test_parse_upstream(text, expected):
+    assert parse_upstream(text) == expected
+
+
+def test_upstream_url_round_trips():
+    assert parse_upstream("http://[::1]:11434").url == "http://[::1]:11434"
+    assert parse_upstream("https://api.example.com").url == "https://api.example.com:443"
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("localhost:8000", "expected http://host:port"),
+        ("ftp://host:21", "expected http://host:port"),
+        ("http://", "expected http://host:port"),
+        ("http://localhost:8000/v1", "without a path"),
+        ("http://localhost:99999", "invalid URL"),
+    ],
+)
+def test_parse_upstream_refuses(text, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_upstream(text)
+
+
+@pytest.mark.parametrize("text, expected", [("60", 60.0), ("0.5", 0.5), ("1e2", 100.0)])
+def test_parse_seconds(text, expected):
+    assert parse_seconds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf", ""])
+def test_parse_seconds_refuses(text):
+    with pytest.raises(ValueError):
+        parse_seconds(text)
+
+
+@pytest.mark.parametrize("text", ["x", "-1", "65536", "1.5"])
+def test_parse_port_refuses(text):
+    with pytest.raises(ValueError):
+        parse_port(text)
+
+
+def test_setting_errors_name_the_variable():
+    with pytest.raises(ValueError, match=r"^MODEL_MAP \(option model_map\): invalid JSON"):
+        settings_module.MODEL_MAP.read("{nope")
+
+
+class TestSettings:
+    def test_environment_is_the_default(self, settings_env):
+        settings_env.setenv("MODEL_MAP", '{"gpt-4": "llama3"}')
+        settings_env.setenv("STRIP_THINKING", "no")
+        settings_env.setenv("REQUEST_TIMEOUT", "2.5")
+        settings_env.setenv("LISTEN_PORT", "4321")
+        s = Settings()
+        with taddons.context(s) as tctx:
+            start(tctx, s)
+            assert tctx.options.model_map == '{"gpt-4": "llama3"}'
+            assert s.model_map.route("gpt-4") == "llama3"
+            assert s.strip_thinking is False
+            assert s.request_timeout == 2.5
+            assert s.listen_port == 4321
+
+    def test_defaults(self, settings_env):
+        s = Settings()
+        with taddons.context(s):
+            assert s.upstream_url == Upstream("http", "localhost", 8000)
+            assert s.ollama_upstream_url == Upstream("http", "localhost", 11434)
+            assert s.strip_thinking is True
+            assert s.disable_thinking is False
+            assert s.request_timeout == 60.0
+            assert not s.model_map
+            assert (s.listen_host, s.listen_port) == ("127.0.0.1", 1234)
+
+    def test_set_overrides_environment(self, settings_env):
+        settings_env.setenv("UPSTREAM_URL", "http://fromenv:1")
+        s = Settings()
+        with taddons.context(s) as tctx:
+            tctx.configure(s, upstream_url="http://fromset:2")
+            assert s.upstream_url == Upstream("http", "fromset", 2)
+
+    def test_bad_value_at_startup_is_one_logged_line(self, settings_env, caplog):
+        settings_env.setenv("MODEL_MAP", "{not json")
+        s = Settings()
+        with caplog.at_level(logging.ERROR):
+            with taddons.context(s) as tctx:
+                start(tctx, s)
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1
+        assert errors[0].startswith("MODEL_MAP (option model_map): invalid JSON")
+        assert "\n" not in errors[0]
+
+    def test_bad_value_at_runtime_is_refused(self, settings_env):
+        s = Settings()
+        with taddons.context(s) as tctx:
+            s.running()
+            tctx.configure(s, strip_thinking="false")
+            assert s.strip_thinking is False
+            with pytest.raises(exceptions.OptionsError, match="STRIP_THINKING"):
+                tctx.configure(s, strip_thinking="perhaps")
+            assert tctx.options.strip_thinking == "false"
+            assert s.strip_thinking is False
+
+    def test_unknown_attribute(self):
+        with pytest.raises(AttributeError):
+            Settings().no_such_setting
