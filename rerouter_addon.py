@@ -20,6 +20,7 @@ from routing import ReverseProxy
 from rewriting import ModelRewrite
 from settings import LISTEN_HOST
 from settings import LISTEN_PORT
+from settings import SETTINGS
 from settings import UPSTREAM_URL
 from settings import Settings
 from stripping import ThinkStrip
@@ -55,7 +56,13 @@ def gives(args: list[str], option: str) -> bool:
 
 
 def launch_args(args: list[str]) -> list[str]:
-    """mitmdump arguments that start the reverse proxy directly, without mitmproxy's 8080 detour."""
+    """
+    mitmdump arguments that start the reverse proxy directly, without mitmproxy's 8080 detour.
+
+    The environment is checked first, so a bad setting stops here, before anything listens.
+    """
+    for setting in SETTINGS:
+        setting.read(setting.environ())
     upstream = UPSTREAM_URL.read(UPSTREAM_URL.environ())
     ours = {
         "mode": ["--mode", f"reverse:{upstream.url}"],

@@ -249,6 +249,8 @@ class BadRequest(Exception):
 
 @dataclass
 class Request:
+    """One parsed HTTP request; `target` keeps the query string, `path` drops it."""
+
     method: str
     target: str
     version: str
