@@ -36,6 +36,19 @@ def reverse_flow(
     return flow
 
 
+def chat_chunk(content=None, index=0, finish_reason=None, **delta) -> dict:
+    """An OpenAI `chat.completion.chunk` as a streaming server sends it."""
+    if content is not None:
+        delta["content"] = content
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "qwen3",
+        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
+    }
+
+
 def json_response(body: object, status: int = 200, content_type: str = "application/json") -> http.Response:
     return http.Response.make(status, json.dumps(body), {"content-type": content_type})
 
@@ -49,16 +62,9 @@ def start(tctx, *addons) -> None:
 @pytest.fixture
 def settings_env(monkeypatch):
     """A clean environment for the rerouter's variables."""
-    for name in (
-        "UPSTREAM_URL",
-        "OLLAMA_UPSTREAM_URL",
-        "MODEL_MAP",
-        "STRIP_THINKING",
-        "DISABLE_THINKING",
-        "REQUEST_TIMEOUT",
-        "LISTEN_HOST",
-        "LISTEN_PORT",
-    ):
+    from tests.proxy import RELEVANT_ENV
+
+    for name in RELEVANT_ENV:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 

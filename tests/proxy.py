@@ -14,21 +14,16 @@ import threading
 import time
 from pathlib import Path
 
+from settings import LISTEN_HOST
+from settings import LISTEN_PORT
+from settings import SETTINGS
+
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = str(ROOT / "rerouter_addon.py")
 BIN = Path(sys.executable).parent
 LISTENING = re.compile(r"reverse proxy to (\S+) listening at ([\d.]+):(\d+)")
 WEB_LISTENING = re.compile(r"Web server listening at (http://[\d.]+:\d+/)(?:\?token=(\w+))?")
-RELEVANT_ENV = (
-    "UPSTREAM_URL",
-    "OLLAMA_UPSTREAM_URL",
-    "MODEL_MAP",
-    "STRIP_THINKING",
-    "DISABLE_THINKING",
-    "REQUEST_TIMEOUT",
-    "LISTEN_HOST",
-    "LISTEN_PORT",
-)
+RELEVANT_ENV = tuple(setting.env for setting in (*SETTINGS, LISTEN_HOST, LISTEN_PORT))
 WEB_PASSWORD = "rerouter-test"
 
 

@@ -20,48 +20,55 @@ def post(port: int, path: str, body: dict, **mock) -> tuple[int, dict, bytes]:
     return response.status, dict(response.headers), response.read()
 
 
-class TestUpstreamDown:
-    @pytest.fixture(scope="class")
-    def proxy(self, module_rerouter):
-        dead = f"http://127.0.0.1:{free_port()}"
-        return module_rerouter("mitmdump", {"UPSTREAM_URL": dead, "OLLAMA_UPSTREAM_URL": dead})
+@pytest.fixture(scope="module")
+def down_proxy(module_rerouter):
+    dead = f"http://127.0.0.1:{free_port()}"
+    return module_rerouter("mitmdump", {"UPSTREAM_URL": dead, "OLLAMA_UPSTREAM_URL": dead})
 
-    def test_openai_shape(self, proxy):
-        status, headers, body = post(proxy.port, "/v1/chat/completions", CHAT)
+
+@pytest.fixture(scope="module")
+def slow_proxy(module_rerouter):
+    return module_rerouter("python", {"REQUEST_TIMEOUT": "1"})
+
+
+@pytest.fixture(scope="module")
+def proxy(module_rerouter):
+    return module_rerouter("python")
+
+
+class TestUpstreamDown:
+    def test_openai_shape(self, down_proxy):
+        status, headers, body = post(down_proxy.port, "/v1/chat/completions", CHAT)
         assert status == 502
         assert headers["Content-Type"] == "application/json"
         error = json.loads(body)["error"]
         assert error["type"] == "upstream_error" and error["code"] == "upstream_unavailable"
         assert "Connect call failed" in error["message"]
 
-    def test_openai_client_sees_the_message(self, proxy):
-        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="x", max_retries=0)
+    def test_openai_client_sees_the_message(self, down_proxy):
+        client = openai.OpenAI(base_url=f"{down_proxy.url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
             client.chat.completions.create(**CHAT)
         assert info.value.status_code == 502
         assert "failed" in info.value.message
 
-    def test_ollama_shape(self, proxy):
+    def test_ollama_shape(self, down_proxy):
         with pytest.raises(ollama.ResponseError) as info:
-            ollama.Client(host=proxy.url).chat(model="m", messages=[{"role": "user", "content": "hi"}])
+            ollama.Client(host=down_proxy.url).chat(model="m", messages=[{"role": "user", "content": "hi"}])
         assert info.value.status_code == 502
         assert "Connect call failed" in info.value.error
 
 
 class TestSlowUpstream:
-    @pytest.fixture(scope="class")
-    def proxy(self, module_rerouter):
-        return module_rerouter("python", {"REQUEST_TIMEOUT": "1"})
-
     @pytest.mark.parametrize("path, body", [("/v1/chat/completions", CHAT), ("/api/chat", CHAT)])
-    def test_no_headers_in_time_is_504(self, proxy, path, body):
-        status, headers, raw = post(proxy.port, path, body, hang=5)
+    def test_no_headers_in_time_is_504(self, slow_proxy, path, body):
+        status, headers, raw = post(slow_proxy.port, path, body, hang=5)
         assert status == 504
         error = json.loads(raw)["error"]
         assert "no response headers within 1 s" in (error if isinstance(error, str) else error["message"])
 
-    def test_a_started_stream_is_never_cut(self, proxy):
-        status, headers, raw = post(proxy.port, "/v1/chat/completions", {**CHAT, "stream": True}, delay=0.25, text="one two three four five six seven")
+    def test_a_started_stream_is_never_cut(self, slow_proxy):
+        status, headers, raw = post(slow_proxy.port, "/v1/chat/completions", {**CHAT, "stream": True}, delay=0.25, text="one two three four five six seven")
         assert status == 200
         text = "".join(
             json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
@@ -70,18 +77,14 @@ class TestSlowUpstream:
         )
         assert text == "one two three four five six seven"
 
-    def test_keeps_serving_after_timeouts(self, proxy):
-        post(proxy.port, "/v1/chat/completions", CHAT, hang=3)
-        status, _, raw = post(proxy.port, "/v1/chat/completions", CHAT)
+    def test_keeps_serving_after_timeouts(self, slow_proxy):
+        post(slow_proxy.port, "/v1/chat/completions", CHAT, hang=3)
+        status, _, raw = post(slow_proxy.port, "/v1/chat/completions", CHAT)
         assert status == 200
         assert json.loads(raw)["choices"][0]["message"]["content"].startswith("Hello world")
 
 
 class TestUpstreamAnswers:
-    @pytest.fixture(scope="class")
-    def proxy(self, module_rerouter):
-        return module_rerouter("python")
-
     @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
     def test_upstream_error_passes_unchanged(self, proxy, openai_upstream, ollama_upstream, path):
         upstream = ollama_upstream if path.startswith("/api/") else openai_upstream

@@ -13,6 +13,7 @@ from framing import EventStream
 from framing import LineFramer
 from framing import SSEFramer
 from framing import supports_encoding
+from tests.conftest import chat_chunk
 from thinking import KEEP
 from thinking import OllamaChunkEditor
 from thinking import OpenAIChunkEditor
@@ -48,18 +49,6 @@ def run(stream: EventStream, pieces: list[bytes]) -> list[bytes]:
 def sse(obj: dict | str, newline: str = "\n") -> bytes:
     data = obj if isinstance(obj, str) else json.dumps(obj)
     return f"data: {data}{newline}{newline}".encode()
-
-
-def chat_chunk(content=None, index=0, finish_reason=None, **delta) -> dict:
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "qwen3",
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
-    }
 
 
 def go_json(obj: dict) -> bytes:

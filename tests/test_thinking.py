@@ -12,6 +12,7 @@ from thinking import OpenAIChunkEditor
 from thinking import ThinkFilter
 from thinking import strip_response
 from thinking import strip_think
+from tests.conftest import chat_chunk
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</thi", "<", ">", " ", "\n", "a", "é", "x y", "think"]
 
@@ -186,18 +187,6 @@ class TestStripResponse:
         original = copy.deepcopy(body)
         assert not strip_response(body)
         assert body == original
-
-
-def chat_chunk(content=None, index=0, finish_reason=None, **delta) -> dict:
-    if content is not None:
-        delta["content"] = content
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1700000000,
-        "model": "qwen3",
-        "choices": [{"index": index, "delta": delta, "finish_reason": finish_reason}],
-    }
 
 
 def content_of(event: dict, index: int = 0) -> str | None:
