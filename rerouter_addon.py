@@ -1,8 +1,9 @@
 """
 openai-model-rerouter: a mitmproxy addon in front of OpenAI-compatible and Ollama servers.
 
-It rewrites `model` names, can ask models not to think, and strips
-`<think>...</think>` reasoning from answers, also from live streams.
+It rewrites `model` names, can ask models not to think, strips
+`<think>...</think>` reasoning from answers (also from live streams), and
+records every request in SQLite, shown on a dashboard at `/`.
 
 Usage (configured by environment variables, each also a `--set` option):
     python rerouter_addon.py [extra mitmdump args]
@@ -16,8 +17,10 @@ Usage (configured by environment variables, each also a `--set` option):
 import os
 import sys
 
-from routing import ReverseProxy
+from dashboard import Dashboard
+from requestlog import RequestLog
 from rewriting import ModelRewrite
+from routing import ReverseProxy
 from settings import LISTEN_HOST
 from settings import LISTEN_PORT
 from settings import SETTINGS
@@ -27,13 +30,18 @@ from stripping import ThinkStrip
 from upstream_failures import UpstreamFailures
 
 settings = Settings()
+request_log = RequestLog(settings)
 
+# Order matters: local routes are answered before anything routes them upstream, and the
+# log comes last, to see the rewritten request and wrap the stream as the client gets it.
 addons = [
     settings,
+    Dashboard(request_log),
     ReverseProxy(settings),
     UpstreamFailures(settings),
     ModelRewrite(settings),
     ThinkStrip(settings),
+    request_log,
 ]
 
 USER_FLAGS = {

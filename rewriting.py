@@ -49,15 +49,17 @@ class ModelRewrite:
         if not is_proxied(flow) or flow.request.method not in BODY_METHODS:
             return
         model_map, no_think = self.settings.model_map, self.settings.disable_thinking
-        if not (model_map or no_think):
-            return
+        if not (model_map or no_think or self.settings.enable_logging):
+            return  # nothing to change, and no log that wants to know the model
         body = json_object(flow.request)
         if body is None:
             return
         changed = False
         requested = body.get("model")
-        if model_map and isinstance(requested, str):
+        if isinstance(requested, str):
             routed = model_map.route(requested)
+            flow.metadata["requested_model"] = requested
+            flow.metadata["routed_model"] = routed
             if routed != requested:
                 body["model"] = routed
                 annotate(flow, f"model: {requested} -> {routed}")

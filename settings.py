@@ -67,16 +67,6 @@ def parse_upstream(text: str) -> Upstream:
     return Upstream(parts.scheme, parts.hostname, port or default_port)
 
 
-def parse_seconds(text: str) -> float:
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {text!r}") from None
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"expected a positive number of seconds, got {text!r}")
-    return seconds
-
-
 def parse_port(text: str) -> int:
     try:
         port = int(text)
@@ -85,6 +75,32 @@ def parse_port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ValueError(f"expected a port number from 0 to 65535, got {text!r}")
     return port
+
+
+def parse_positive(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(number) or number <= 0:
+        raise ValueError(f"expected a positive number, got {text!r}")
+    return number
+
+
+def parse_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        raise ValueError(f"expected a number of bytes, got {text!r}") from None
+    if size < 0:
+        raise ValueError(f"expected a number of bytes, got {text!r}")
+    return size
+
+
+def parse_path(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a file path")
+    return text
 
 
 def parse_model_map(text: str) -> ModelMap:
@@ -150,11 +166,41 @@ DISABLE_THINKING = Setting(
 REQUEST_TIMEOUT = Setting(
     "REQUEST_TIMEOUT",
     "60.0",
-    parse_seconds,
+    parse_positive,
     "Seconds to wait for the upstream's response headers before answering 504; "
     "a stream that has started is never cut.",
 )
-SETTINGS = (UPSTREAM_URL, OLLAMA_UPSTREAM_URL, MODEL_MAP, STRIP_THINKING, DISABLE_THINKING, REQUEST_TIMEOUT)
+ENABLE_LOGGING = Setting(
+    "ENABLE_LOGGING",
+    "true",
+    parse_bool,
+    "Record every request in SQLite and serve the dashboard (/) and JSON API (/api/logs, /api/stats, /api/inflight).",
+)
+DB_PATH = Setting("DB_PATH", "requests.db", parse_path, "SQLite file of the request log.")
+MAX_LOG_AGE_DAYS = Setting(
+    "MAX_LOG_AGE_DAYS",
+    "7",
+    parse_positive,
+    "Log rows older than this many days are deleted at start and hourly.",
+)
+LOG_MAX_BODY_BYTES = Setting(
+    "LOG_MAX_BODY_BYTES",
+    "262144",
+    parse_size,
+    "Request and response bodies stored in the log are cut at this size, with a marker.",
+)
+SETTINGS = (
+    UPSTREAM_URL,
+    OLLAMA_UPSTREAM_URL,
+    MODEL_MAP,
+    STRIP_THINKING,
+    DISABLE_THINKING,
+    REQUEST_TIMEOUT,
+    ENABLE_LOGGING,
+    DB_PATH,
+    MAX_LOG_AGE_DAYS,
+    LOG_MAX_BODY_BYTES,
+)
 
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
@@ -200,11 +246,15 @@ class Settings:
     def running(self) -> None:
         self.is_running = True
 
+    def refuse(self, message: str) -> None:
+        """A setting that cannot be used: one line that stops startup, or a refused change at runtime."""
+        if self.is_running:
+            raise exceptions.OptionsError(message)
+        logger.error(message)
+
     def _parse(self, setting: Setting, text: str, previous: Any) -> Any:
         try:
             return setting.read(text)
         except ValueError as e:
-            if self.is_running:
-                raise exceptions.OptionsError(str(e)) from None
-            logger.error(str(e))
+            self.refuse(str(e))
             return previous

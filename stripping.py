@@ -31,6 +31,7 @@ class ThinkStrip:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.streams: dict[str, EventStream] = {}  # by flow id: other addons may wrap response.stream
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         response = flow.response
@@ -44,9 +45,10 @@ class ThinkStrip:
             response.stream = True
             return
         if kind == SSE:
-            response.stream = EventStream.sse(OpenAIChunkEditor(), encoding)
+            stream = EventStream.sse(OpenAIChunkEditor(), encoding)
         else:
-            response.stream = EventStream.ndjson(OllamaChunkEditor(), encoding)
+            stream = EventStream.ndjson(OllamaChunkEditor(), encoding)
+        response.stream = self.streams[flow.id] = stream
         # the body's length changes and it leaves decoded
         response.headers.pop("content-length", None)
         response.headers.pop("content-encoding", None)
@@ -55,11 +57,12 @@ class ThinkStrip:
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response
-        if response is None or not self.settings.strip_thinking:
-            return
-        if isinstance(response.stream, EventStream):
-            if response.stream.stripped:
+        stream = self.streams.pop(flow.id, None)
+        if stream is not None:
+            if stream.stripped:
                 annotate(flow, "thinking stripped")
+            return
+        if response is None or response.stream or not self.settings.strip_thinking:
             return
         if (
             flow.request.method != "POST"
@@ -71,3 +74,6 @@ class ThinkStrip:
         if body is not None and strip_response(body):
             set_json(response, body)
             annotate(flow, "thinking stripped")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self.streams.pop(flow.id, None)

@@ -62,6 +62,7 @@ class UpstreamFailures:
         else:
             status = 502
             message = f"upstream {flow.request.host}:{flow.request.port} failed: {flow.error.msg}"
+        flow.metadata["answered_status"] = status
         answer = http.Response.make(
             status,
             error_body(flow.request.path, status, message),

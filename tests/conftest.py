@@ -108,8 +108,10 @@ class Rerouters:
         from tests.proxy import ProxyProcess
         from tests.proxy import command
 
-        argv = command(form, self.confdir / f"conf{len(self.started)}", list(args))
-        process = ProxyProcess(argv, {**self.env, **(env or {})})
+        workdir = self.confdir / f"rerouter{len(self.started)}"
+        workdir.mkdir()
+        argv = command(form, workdir, list(args))
+        process = ProxyProcess(argv, {**self.env, "DB_PATH": str(workdir / "requests.db"), **(env or {})})
         self.started.append(process)
         return process.wait_ready() if ready else process
 

@@ -9,7 +9,7 @@ from settings import Settings
 from settings import Upstream
 from settings import parse_bool
 from settings import parse_port
-from settings import parse_seconds
+from settings import parse_positive
 from settings import parse_upstream
 from tests.conftest import start
 
@@ -65,14 +65,14 @@ def test_parse_upstream_refuses(text, problem):
 
 
 @pytest.mark.parametrize("text, expected", [("60", 60.0), ("0.5", 0.5), ("1e2", 100.0)])
-def test_parse_seconds(text, expected):
-    assert parse_seconds(text) == expected
+def test_parse_positive(text, expected):
+    assert parse_positive(text) == expected
 
 
 @pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf", ""])
-def test_parse_seconds_refuses(text):
+def test_parse_positive_refuses(text):
     with pytest.raises(ValueError):
-        parse_seconds(text)
+        parse_positive(text)
 
 
 @pytest.mark.parametrize("text", ["x", "-1", "65536", "1.5"])

@@ -166,3 +166,12 @@ class TestJSON:
         f.response = http.Response.make(500, raw, {"content-type": "application/json"})
         t.response(f)
         assert f.response.content == raw
+
+
+def test_failed_streams_are_forgotten(strip):
+    tctx, s, t = strip
+    f = stream_flow("text/event-stream")
+    t.responseheaders(f)
+    assert f.id in t.streams
+    t.error(f)
+    assert not t.streams

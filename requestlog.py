@@ -1,0 +1,211 @@
+"""
+The request log: every proxied request as a row in SQLite, and the live list of requests in flight.
+
+Hooks only copy what they need from the flow and hand it to LogStore's queue;
+the disk is touched by LogStore's writer thread, never by the event loop.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass
+from dataclasses import field
+
+from mitmproxy import http
+
+from logstore import LogStore
+from logstore import iso_utc
+from routing import is_ollama_path
+from routing import is_proxied
+from settings import Settings
+from upstream_failures import CLIENT_GONE
+
+logger = logging.getLogger(__name__)
+
+CLEANUP_INTERVAL = 3600.0
+STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes"}
+
+
+@dataclass
+class Inflight:
+    """What the dashboard shows of a request while it runs."""
+
+    id: str
+    method: str
+    path: str
+    requested_model: str | None
+    routed_model: str | None
+    started_at: float
+    started: float  # time.monotonic(), for durations
+    response_bytes: int = 0
+    delivered: bytearray = field(default_factory=bytearray)  # the streamed body, up to the log's cap
+
+    def as_dict(self, now: float) -> dict:
+        return {
+            "id": self.id,
+            "method": self.method,
+            "path": self.path,
+            "requested_model": self.requested_model,
+            "routed_model": self.routed_model,
+            "started_at": iso_utc(self.started_at),
+            "elapsed_ms": round((now - self.started) * 1000, 1),
+            "response_bytes": self.response_bytes,
+        }
+
+
+class DeliveredStream:
+    """
+    Wraps a response's stream to see what the client really gets: counted as it
+    passes, and kept up to the log's cap, so the log holds the stream as delivered.
+    """
+
+    def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, record: Inflight, cap: int) -> None:
+        self.inner = inner
+        self.record = record
+        self.cap = cap
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        if callable(self.inner):
+            out = self.inner(data)
+            chunks = [out] if isinstance(out, bytes) else list(out)
+        else:
+            chunks = [data] if data else []
+        record = self.record
+        for chunk in chunks:
+            record.response_bytes += len(chunk)
+            room = self.cap - len(record.delivered)
+            if room > 0:
+                record.delivered += chunk[:room]
+        return chunks
+
+
+class RequestLog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: LogStore | None = None
+        self.inflight: dict[str, Inflight] = {}
+        self.cleanup_task: asyncio.Task | None = None
+
+    def configure(self, updated: set[str]) -> None:
+        if not updated & STORE_OPTIONS:
+            return
+        self._close_store()
+        if not self.settings.enable_logging:
+            return
+        store = LogStore(
+            self.settings.db_path,
+            max_body_bytes=self.settings.log_max_body_bytes,
+            max_age_days=self.settings.max_log_age_days,
+        )
+        try:
+            store.open()
+        except Exception as e:
+            self.settings.refuse(f"DB_PATH (option db_path): cannot open the request log {self.settings.db_path!r}: {e}")
+            return
+        self.store = store
+
+    def running(self) -> None:
+        self.cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_hourly())
+
+    def done(self) -> None:
+        if self.cleanup_task is not None:
+            self.cleanup_task.cancel()
+        self._close_store()
+
+    async def _cleanup_hourly(self) -> None:
+        while True:
+            await asyncio.sleep(CLEANUP_INTERVAL)
+            if self.store is not None:
+                self.store.cleanup()
+
+    def _close_store(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if self.store is None or not is_proxied(flow):
+            return
+        request = flow.request
+        record = Inflight(
+            id=flow.id,
+            method=request.method,
+            path=request.path,
+            requested_model=flow.metadata.get("requested_model"),
+            routed_model=flow.metadata.get("routed_model"),
+            started_at=request.timestamp_start or time.time(),
+            started=time.monotonic(),
+        )
+        self.inflight[flow.id] = record
+        self.store.begin(
+            {
+                "id": record.id,
+                "started_at": record.started_at,
+                "method": record.method,
+                "path": record.path,
+                "service": "ollama" if is_ollama_path(request.path) else "openai",
+                "upstream": f"{request.scheme}://{request.host}:{request.port}",
+                "stream": False,
+                "requested_model": record.requested_model,
+                "routed_model": record.routed_model,
+                "request_headers": list(request.headers.items(multi=True)),
+                "request_body": request.get_content(strict=False) or b"",
+                "request_bytes": len(request.raw_content or b""),
+            }
+        )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        record = self.inflight.get(flow.id)
+        if record is not None and flow.response is not None and flow.response.stream:
+            flow.response.stream = DeliveredStream(flow.response.stream, record, self.settings.log_max_body_bytes)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        record = self.inflight.pop(flow.id, None)
+        if record is None or self.store is None:
+            return
+        response = flow.response
+        assert response is not None
+        streamed = isinstance(response.stream, DeliveredStream)
+        if streamed:
+            body, size = bytes(record.delivered), record.response_bytes
+        else:
+            body, size = response.get_content(strict=False) or b"", len(response.raw_content or b"")
+        self.store.finish(
+            record.id,
+            state="completed",
+            status=response.status_code,
+            duration_ms=self._duration(record),
+            stream=streamed,
+            response_bytes=size,
+            response_body=body,
+        )
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        record = self.inflight.pop(flow.id, None)
+        if record is None or self.store is None:
+            return
+        message = flow.error.msg if flow.error else "unknown error"
+        if flow.metadata.get("rerouter_timeout"):
+            message = f"no response headers within {self.settings.request_timeout:g} s"
+        status = flow.response.status_code if flow.response else flow.metadata.get("answered_status")
+        state = "aborted" if message == CLIENT_GONE else "error"
+        self.store.finish(
+            record.id,
+            state=state,
+            status=status,
+            duration_ms=self._duration(record),
+            stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,
+            response_bytes=record.response_bytes,
+            response_body=bytes(record.delivered),
+            error=message,
+        )
+
+    @staticmethod
+    def _duration(record: Inflight) -> float:
+        return round((time.monotonic() - record.started) * 1000, 1)
+
+    def inflight_rows(self) -> list[dict]:
+        now = time.monotonic()
+        return [record.as_dict(now) for record in self.inflight.values()]

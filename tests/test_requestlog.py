@@ -1,0 +1,167 @@
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+from mitmproxy import flow as mflow
+from mitmproxy import http
+from mitmproxy.addons.view import View
+from mitmproxy.test import taddons
+
+from dashboard import Dashboard
+from dashboard import log_filters
+from requestlog import DeliveredStream
+from requestlog import Inflight
+from requestlog import RequestLog
+from settings import Settings
+from tests.conftest import json_response
+from tests.conftest import reverse_flow
+from tests.conftest import start
+
+
+def record() -> Inflight:
+    return Inflight("id", "POST", "/v1/chat/completions", "a", "b", time.time(), time.monotonic())
+
+
+class TestDeliveredStream:
+    def test_pass_through(self):
+        r = record()
+        stream = DeliveredStream(True, r, cap=5)
+        assert stream(b"hello world") == [b"hello world"]
+        assert stream(b"") == []
+        assert r.response_bytes == 11 and r.delivered == b"hello"
+
+    @pytest.mark.parametrize("inner", [lambda d: d.upper(), lambda d: [d.upper()] if d else []])
+    def test_sees_what_the_inner_stream_sends(self, inner):
+        r = record()
+        stream = DeliveredStream(inner, r, cap=100)
+        assert stream(b"abc") == [b"ABC"]
+        assert r.delivered == b"ABC"
+
+
+@pytest.fixture
+def logged(settings_env, tmp_path):
+    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
+    s = Settings()
+    log = RequestLog(s)
+    dash = Dashboard(log)
+    with taddons.context(s, dash, log) as tctx:
+        start(tctx, s, log)
+        yield tctx, s, log, dash
+        log.done()
+
+
+def stored(log: RequestLog, flow_id: str, state: str = "completed") -> dict:
+    deadline = time.monotonic() + 5
+    while (row := log.store.get(flow_id)) is None or row["state"] != state:
+        assert time.monotonic() < deadline, row
+        time.sleep(0.02)
+    return row
+
+
+class TestRequestLog:
+    def test_completed_request(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow(body={"model": "llama3-70b"})
+        f.metadata.update(requested_model="gpt-4", routed_model="llama3-70b")
+        f.request.headers["authorization"] = "Bearer sk-secret"
+        log.request(f)
+        assert [r["path"] for r in log.inflight_rows()] == ["/v1/chat/completions"]
+        f.response = json_response({"choices": []})
+        log.responseheaders(f)
+        log.response(f)
+        assert not log.inflight
+        row = stored(log, f.id)
+        assert (row["requested_model"], row["routed_model"], row["status"], row["stream"]) == ("gpt-4", "llama3-70b", 200, False)
+        assert dict(row["request_headers"])["authorization"] == "[redacted]"
+        assert json.loads(row["response_body"]) == {"choices": []}
+
+    def test_streamed_body_is_what_the_client_got(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow()
+        log.request(f)
+        f.response = http.Response.make(200, b"", {"content-type": "text/event-stream"})
+        f.response.stream = lambda data: [data.replace(b"<think>x</think>", b"")] if data else []
+        log.responseheaders(f)
+        f.response.stream(b"data: <think>x</think>hi\n\n")
+        f.response.stream(b"")
+        log.response(f)
+        row = stored(log, f.id)
+        assert row["response_body"] == "data: hi\n\n" and row["stream"] is True
+
+    @pytest.mark.parametrize(
+        "message, answered, state, status",
+        [("Client disconnected.", None, "aborted", None), ("[Errno 111] refused", 502, "error", 502)],
+    )
+    def test_failures(self, logged, message, answered, state, status):
+        tctx, s, log, dash = logged
+        f = reverse_flow()
+        log.request(f)
+        f.error = mflow.Error(message)
+        if answered:
+            f.metadata["answered_status"] = answered
+        log.error(f)
+        row = stored(log, f.id, state)
+        assert (row["status"], row["error"]) == (status, message)
+
+    def test_logging_off_creates_no_database(self, settings_env, tmp_path):
+        settings_env.setenv("DB_PATH", str(tmp_path / "never.db"))
+        settings_env.setenv("ENABLE_LOGGING", "false")
+        s = Settings()
+        log = RequestLog(s)
+        with taddons.context(s, log) as tctx:
+            start(tctx, s, log)
+            log.request(reverse_flow())
+            assert log.store is None and not log.inflight
+        assert not (tmp_path / "never.db").exists()
+
+
+class TestDashboard:
+    async def test_local_routes_answered(self, logged):
+        tctx, s, log, dash = logged
+        for path in ("/", "/dashboard/app.js", "/api/logs?limit=5", "/api/stats", "/api/inflight"):
+            f = reverse_flow(path, method="GET")
+            await dash.request(f)
+            assert f.response is not None and f.response.status_code == 200, path
+            assert f.metadata["rerouter_local"]
+        f = reverse_flow("/api/logs/missing", method="GET")
+        await dash.request(f)
+        assert f.response.status_code == 404
+
+    @pytest.mark.parametrize("path, method", [("/v1/models", "GET"), ("/api/tags", "GET"), ("/api/logs", "POST"), ("/api/logsx", "GET")])
+    async def test_everything_else_goes_upstream(self, logged, path, method):
+        tctx, s, log, dash = logged
+        f = reverse_flow(path, method=method)
+        await dash.request(f)
+        assert f.response is None
+
+    async def test_bad_filter_is_400(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow("/api/logs?status=ok", method="GET")
+        await dash.request(f)
+        assert f.response.status_code == 400
+        assert "status must be a whole number" in f.response.json()["error"]
+
+    async def test_unreadable_log_is_503(self, logged):
+        tctx, s, log, dash = logged
+        for path in Path(log.store.path).parent.glob("log.db*"):
+            path.unlink()
+        f = reverse_flow("/api/stats", method="GET")
+        await dash.request(f)
+        assert f.response.status_code == 503
+
+    def test_log_filters(self):
+        assert log_filters("model=a&status=200&limit=5&q=&other=x") == {"model": "a", "status": 200, "limit": 5}
+
+    async def test_polling_does_not_fill_mitmweb(self, logged):
+        tctx, s, log, dash = logged
+        view = View()
+        tctx.master.addons.add(view)
+        f = reverse_flow("/api/stats", method="GET")
+        await dash.request(f)
+        view.add([f])
+        f.live = False
+        dash.response(f)
+        await asyncio.sleep(0.05)
+        assert len(view) == 0

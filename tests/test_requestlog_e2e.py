@@ -1,0 +1,238 @@
+"""The request log, its JSON API and the in-flight list, through a real rerouter process."""
+
+import http.client
+import json
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import ollama
+import openai
+import pytest
+
+from tests.upstream import mock_headers
+
+SECRET = "sk-very-secret-" + uuid.uuid4().hex
+ANSWER = "Hello world, this is the answer."
+
+
+def get(proxy, path: str) -> tuple[int, object]:
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    body = response.read()
+    return response.status, json.loads(body) if response.headers.get("content-type", "").startswith("application/json") else body
+
+
+def wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def row_for(proxy, path: str, state: str | None = None) -> dict:
+    """The newest row for `path` once it has left the in-flight state (or reached `state`)."""
+
+    def check():
+        rows = get(proxy, "/api/logs?limit=500")[1]["logs"]
+        for row in rows:
+            if row["path"] == path and (row["state"] == state if state else row["state"] != "inflight"):
+                return row
+        return None
+
+    return wait_for(check)
+
+
+@pytest.fixture(scope="module")
+def proxy(module_rerouter):
+    proxy = module_rerouter("python")
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=SECRET, max_retries=0)
+    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "plain"}])
+    list(client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "streamed"}], stream=True))
+    list(ollama.Client(host=proxy.url).chat(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "llama"}], stream=True))
+    ollama.Client(host=proxy.url).generate(model="other", prompt="gen", stream=False)
+    wait_for(lambda: get(proxy, "/api/stats")[1]["total"] >= 4 and not get(proxy, "/api/inflight")[1]["inflight"])
+    return proxy
+
+
+def detail(proxy, row) -> dict:
+    status, body = get(proxy, f"/api/logs/{row['id']}")
+    assert status == 200
+    return body
+
+
+class TestRows:
+    def test_fields(self, proxy, openai_upstream):
+        logs = get(proxy, "/api/logs?q=streamed")[1]["logs"]
+        assert len(logs) == 1
+        row = logs[0]
+        assert set(row) == {
+            "id", "started_at", "method", "path", "service", "upstream", "stream", "requested_model",
+            "routed_model", "status", "state", "duration_ms", "request_bytes", "response_bytes", "error",
+        }
+        assert row["started_at"].endswith(("Z", "+00:00"))
+        assert (row["method"], row["path"], row["service"]) == ("POST", "/v1/chat/completions", "openai")
+        assert row["upstream"] == openai_upstream.url
+        assert row["stream"] is True
+        assert (row["requested_model"], row["routed_model"]) == ("gpt-4", "llama3-70b")
+        assert (row["status"], row["state"], row["error"]) == (200, "completed", None)
+        assert row["duration_ms"] > 0 and row["request_bytes"] > 0 and row["response_bytes"] > 0
+
+    def test_ollama_rows(self, proxy, ollama_upstream):
+        logs = get(proxy, "/api/logs?service=ollama")[1]["logs"]
+        assert {(r["path"], r["stream"]) for r in logs} >= {("/api/chat", True), ("/api/generate", False)}
+        assert all(r["upstream"] == ollama_upstream.url for r in logs)
+
+    def test_newest_first(self, proxy):
+        logs = get(proxy, "/api/logs")[1]["logs"]
+        assert [r["started_at"] for r in logs] == sorted((r["started_at"] for r in logs), reverse=True)
+
+    @pytest.mark.parametrize(
+        "query, check",
+        [
+            ("model=gpt-4", lambda r: "gpt-4" in (r["requested_model"], r["routed_model"])),
+            ("model=llama3-70b", lambda r: r["routed_model"] == "llama3-70b"),
+            ("service=openai", lambda r: r["service"] == "openai"),
+            ("status=200", lambda r: r["status"] == 200),
+            ("state=completed", lambda r: r["state"] == "completed"),
+        ],
+    )
+    def test_filters(self, proxy, query, check):
+        body = get(proxy, f"/api/logs?{query}")[1]
+        assert body["logs"] and all(check(r) for r in body["logs"])
+        assert body["total"] == len(body["logs"])
+
+    def test_limit_and_total(self, proxy):
+        body = get(proxy, "/api/logs?limit=1")[1]
+        assert len(body["logs"]) == 1 and body["total"] >= 4
+        assert get(proxy, "/api/logs?limit=many")[0] == 400
+
+    def test_details_hold_what_was_sent_and_delivered(self, proxy):
+        streamed = detail(proxy, get(proxy, "/api/logs?q=streamed")[1]["logs"][0])
+        sent = json.loads(streamed["request_body"])
+        assert sent["model"] == "llama3-70b" and sent["stream"] is True
+        assert "data: [DONE]" in streamed["response_body"]
+        assert "<think>" not in streamed["response_body"] and "Hello" in streamed["response_body"]
+        plain = detail(proxy, get(proxy, "/api/logs?q=plain")[1]["logs"][0])
+        assert json.loads(plain["response_body"])["choices"][0]["message"]["content"] == ANSWER
+
+    def test_unknown_detail_is_404(self, proxy):
+        assert get(proxy, "/api/logs/nope")[0] == 404
+
+    def test_stats(self, proxy):
+        stats = get(proxy, "/api/stats")[1]
+        for key in ("total", "by_service", "by_model", "by_status", "errors", "inflight", "last_hour", "last_24h", "avg_duration_ms", "p95_duration_ms"):
+            assert key in stats
+        assert stats["total"] >= 4 and stats["last_hour"] >= 4
+        assert stats["by_service"]["openai"] >= 2 and stats["by_service"]["ollama"] >= 2
+        assert stats["by_model"]["llama3-70b"] >= 2
+        assert stats["by_status"]["200"] >= 4
+        assert stats["p95_duration_ms"] > 0 and stats["avg_duration_ms"] > 0
+
+    def test_dashboard_page(self, proxy):
+        status, page = get(proxy, "/")
+        assert status == 200 and b"/dashboard/app.js" in page
+
+    def test_local_routes_are_not_logged_or_forwarded(self, proxy, ollama_upstream):
+        before = get(proxy, "/api/stats")[1]["total"]
+        get(proxy, "/api/logs")
+        assert get(proxy, "/api/stats")[1]["total"] == before
+        assert not [r for r in ollama_upstream.requests if r["path"].startswith(("/api/stats", "/api/logs"))]
+
+
+def test_secrets_never_stored(proxy):
+    rows = get(proxy, "/api/logs?limit=500")[1]["logs"]
+    for row in rows:
+        assert SECRET not in json.dumps(detail(proxy, row))
+    headers = dict(detail(proxy, get(proxy, "/api/logs?q=plain")[1]["logs"][0])["request_headers"])
+    assert headers.get("authorization", headers.get("Authorization")) == "[redacted]"
+    paths = proxy_db_files(proxy)
+    assert paths, "the database files exist"
+    for path in paths:
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def proxy_db_files(proxy) -> list[Path]:
+    """The database and its -wal and -shm files (the harness puts DB_PATH in the confdir)."""
+    confdir = Path(next(a.split("=", 1)[1] for a in proxy.argv if a.startswith("confdir=")))
+    return [p for p in confdir.glob("requests.db*") if p.is_file()]
+
+
+def test_inflight_while_streaming_and_gone_after(proxy, openai_upstream):
+    gate = uuid.uuid4().hex
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "slow"}], "stream": True}
+    conn.request("POST", "/v1/chat/completions", json.dumps(body), mock_headers(gate=gate))
+    response = conn.getresponse()
+    response.read1(1)
+    inflight = wait_for(lambda: get(proxy, "/api/inflight")[1]["inflight"])
+    assert inflight[0]["path"] == "/v1/chat/completions"
+    assert (inflight[0]["requested_model"], inflight[0]["routed_model"]) == ("gpt-4", "llama3-70b")
+    assert inflight[0]["elapsed_ms"] >= 0 and inflight[0]["response_bytes"] > 0
+    assert get(proxy, "/api/stats")[1]["inflight"] == 1
+    assert get(proxy, "/api/logs?state=inflight")[1]["total"] == 1
+    openai_upstream.release(gate)
+    response.read()
+    wait_for(lambda: not get(proxy, "/api/inflight")[1]["inflight"])
+
+
+def test_client_disconnect_mid_stream_is_aborted(proxy, openai_upstream):
+    gate = uuid.uuid4().hex
+    body = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "leaving"}], "stream": True}).encode()
+    headers = "".join(f"{k}: {v}\r\n" for k, v in mock_headers(gate=gate).items())
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + headers.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+        )
+        assert b"200" in sock.recv(65536)
+    row = row_for(proxy, "/v1/chat/completions", state="aborted")
+    assert row["status"] == 200 and row["error"] == "Client disconnected."
+    assert not get(proxy, "/api/inflight")[1]["inflight"]
+    openai_upstream.release(gate)
+
+
+def test_failed_upstream_rows(rerouter):
+    dead = "http://127.0.0.1:9"
+    proxy = rerouter("python", {"UPSTREAM_URL": dead, "OLLAMA_UPSTREAM_URL": dead})
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "gpt-4"}))
+    assert conn.getresponse().status == 502
+    row = row_for(proxy, "/v1/chat/completions")
+    assert (row["state"], row["status"]) == ("error", 502)
+    assert "Connect call failed" in row["error"]
+    stats = get(proxy, "/api/stats")[1]
+    assert stats["errors"] == 1 and stats["by_status"]["502"] == 1
+
+
+def test_timeout_rows(rerouter):
+    proxy = rerouter("python", {"REQUEST_TIMEOUT": "0.5"})
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "gpt-4"}), mock_headers(hang=3))
+    assert conn.getresponse().status == 504
+    row = row_for(proxy, "/v1/chat/completions")
+    assert (row["state"], row["status"], row["error"]) == ("error", 504, "no response headers within 0.5 s")
+
+
+def test_logging_off(rerouter, ollama_upstream, tmp_path):
+    db = tmp_path / "off.db"
+    proxy = rerouter("mitmdump", {"ENABLE_LOGGING": "false", "DB_PATH": str(db)})
+    ollama_upstream.clear()
+    status, _ = get(proxy, "/api/stats")
+    assert status == 404, "forwarded to the Ollama upstream, which has no such path"
+    assert [r["path"] for r in ollama_upstream.requests] == ["/api/stats"]
+    assert not db.exists()
+
+
+def test_unusable_db_path_stops_startup(rerouter, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    process = rerouter("mitmdump", {"DB_PATH": str(blocker / "requests.db")}, ready=False)
+    assert process.wait_exit() != 0
+    assert "DB_PATH (option db_path): cannot open the request log" in process.output
