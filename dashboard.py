@@ -1,13 +1,17 @@
 """
 The dashboard (`GET /`) and its JSON API, answered by the proxy itself and never forwarded.
 
-Only exact paths are local; everything else goes upstream. SQLite reads run in
-a worker thread so a slow query never holds up the proxy's event loop.
+A request is local only when its path (before `?`) is exactly one of the
+local paths, compared byte for byte with no normalisation, so `/v1/../api/logs`,
+`//api/logs` or `/api%2Flogs` go upstream like any other path. SQLite reads run
+in a worker thread so a slow query never holds up the proxy's event loop.
 """
 
 import asyncio
+import hmac
 import json
 import logging
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,10 @@ from mitmproxy import ctx
 from mitmproxy import http
 
 from requestlog import RequestLog
+from routing import is_loopback
 from routing import is_proxied
+from routing import listen_host
+from settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +41,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+API = {"/api/logs", "/api/stats", "/api/inflight"}
+LOG_DETAIL = re.compile(r"/api/logs/([A-Za-z0-9-]{1,64})")
+SESSION_COOKIE = "rerouter_session"
 LOG_FILTERS = {"model": str, "service": str, "state": str, "q": str, "status": int, "limit": int, "offset": int}
 
 
@@ -55,25 +65,74 @@ def log_filters(query: str) -> dict[str, Any]:
     return filters
 
 
+def is_local(path: str) -> bool:
+    return path in STATIC or path in API or LOG_DETAIL.fullmatch(path) is not None
+
+
+def session(token: str) -> str:
+    """The login cookie's value: derived from the token, so the token itself never sits in a browser."""
+    return hmac.new(token.encode(), b"rerouter dashboard session", "sha256").hexdigest()
+
+
+def login_answer(token: str, offered: str) -> http.Response:
+    if offered and hmac.compare_digest(offered.encode(), token.encode()):
+        cookie = f"{SESSION_COOKIE}={session(token)}; HttpOnly; SameSite=Strict; Path=/"
+        return http.Response.make(303, b"", {"Location": "/", "Set-Cookie": cookie, **SECURITY_HEADERS})
+    page = b'<!doctype html><link rel="icon" href="data:,"><title>Wrong token</title><p>Wrong token. <a href="/">Try again</a></p>'
+    return http.Response.make(401, page, {"Content-Type": "text/html; charset=utf-8", **SECURITY_HEADERS})
+
+
 class Dashboard:
-    def __init__(self, log: RequestLog) -> None:
+    """
+    With DASHBOARD_TOKEN set, every JSON route needs the token (Bearer header or
+    the login cookie); the page itself holds no data and shows the login form.
+    """
+
+    def __init__(self, settings: Settings, log: RequestLog) -> None:
+        self.settings = settings
         self.log = log
         self.pages: dict[str, bytes] = {}
 
-    async def request(self, flow: http.HTTPFlow) -> None:
-        if self.log.store is None or flow.request.method != "GET" or not is_proxied(flow):
-            return
-        path, _, query = flow.request.path.partition("?")
-        try:
-            response = await self._answer(path, query)
-        except sqlite3.Error as e:
-            logger.warning(f"request log unreadable: {e}")
-            response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
-        if response is not None:
-            flow.metadata["rerouter_local"] = True
-            flow.response = response
+    def running(self) -> None:
+        host = listen_host(self.settings)
+        if self.settings.enable_logging and not self.settings.dashboard_token and not is_loopback(host):
+            logger.warning(
+                f"the dashboard and /api/logs answer anyone who can reach {host or 'all interfaces'} "
+                f"and show them every prompt and answer; set DASHBOARD_TOKEN to require a token"
+            )
 
-    async def _answer(self, path: str, query: str) -> http.Response | None:
+    def authorized(self, request: http.Request) -> bool:
+        token = self.settings.dashboard_token
+        if not token:
+            return True
+        scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(offered.encode(), token.encode()):
+            return True
+        cookie = request.cookies.get(SESSION_COOKIE, "")
+        return hmac.compare_digest(cookie.encode(), session(token).encode())
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if self.log.store is None or not is_proxied(flow):
+            return
+        method = flow.request.method
+        path, _, query = flow.request.path.partition("?")
+        token = self.settings.dashboard_token
+        if token and method == "POST" and path == "/login":
+            response = login_answer(token, flow.request.urlencoded_form.get("token", ""))
+        elif method != "GET" or not is_local(path):
+            return
+        elif path not in STATIC and not self.authorized(flow.request):
+            response = json_answer({"error": "this route needs the dashboard token (DASHBOARD_TOKEN)"}, 401)
+        else:
+            try:
+                response = await self._answer(path, query)
+            except sqlite3.Error as e:
+                logger.warning(f"request log unreadable: {e}")
+                response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
+        flow.metadata["rerouter_local"] = True
+        flow.response = response
+
+    async def _answer(self, path: str, query: str) -> http.Response:
         store = self.log.store
         assert store is not None
         if path in STATIC:
@@ -85,15 +144,13 @@ class Dashboard:
                 return json_answer({"error": str(e)}, 400)
             rows, total = await asyncio.to_thread(store.logs, **filters)
             return json_answer({"logs": rows, "total": total})
-        if path.startswith("/api/logs/") and path.count("/") == 3:
-            row = await asyncio.to_thread(store.get, path.rsplit("/", 1)[1])
-            return json_answer(row) if row else json_answer({"error": "no such request"}, 404)
         if path == "/api/stats":
             stats = await asyncio.to_thread(store.stats)
             return json_answer({**stats, "inflight": len(self.log.inflight)})
         if path == "/api/inflight":
             return json_answer({"inflight": self.log.inflight_rows()})
-        return None
+        row = await asyncio.to_thread(store.get, LOG_DETAIL.fullmatch(path).group(1))
+        return json_answer(row) if row else json_answer({"error": "no such request"}, 404)
 
     def _page(self, path: str) -> http.Response:
         name, content_type = STATIC[path]

@@ -36,7 +36,7 @@ request_log = RequestLog(settings)
 # log comes last, to see the rewritten request and wrap the stream as the client gets it.
 addons = [
     settings,
-    Dashboard(request_log),
+    Dashboard(settings, request_log),
     ReverseProxy(settings),
     UpstreamFailures(settings),
     ModelRewrite(settings),

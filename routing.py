@@ -2,6 +2,7 @@
 Where requests go: reverse mode on LISTEN_HOST:LISTEN_PORT, Ollama-native paths to OLLAMA_UPSTREAM_URL.
 """
 
+import ipaddress
 import logging
 
 from mitmproxy import ctx
@@ -17,6 +18,18 @@ OLLAMA_PREFIX = "/api/"
 
 def is_ollama_path(path: str) -> bool:
     return path.startswith(OLLAMA_PREFIX)
+
+
+def listen_host(settings: Settings) -> str:
+    """Where the proxy listens: the user's --listen-host if given, else LISTEN_HOST."""
+    return ctx.options.listen_host if ctx.options.has_changed("listen_host") else settings.listen_host
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def is_proxied(flow: http.HTTPFlow) -> bool:
@@ -51,8 +64,8 @@ class ReverseProxy:
         if not options.has_changed("mode"):
             self.owns_mode = True
             updates["mode"] = [self._mode()]
-        if not options.has_changed("listen_host") and options.listen_host != self.settings.listen_host:
-            updates["listen_host"] = self.settings.listen_host
+        if options.listen_host != listen_host(self.settings):
+            updates["listen_host"] = listen_host(self.settings)
         if not options.has_changed("listen_port") and options.listen_port != self.settings.listen_port:
             updates["listen_port"] = self.settings.listen_port
         if "listen_host" in updates or "listen_port" in updates:

@@ -189,6 +189,13 @@ LOG_MAX_BODY_BYTES = Setting(
     parse_size,
     "Request and response bodies stored in the log are cut at this size, with a marker.",
 )
+DASHBOARD_TOKEN = Setting(
+    "DASHBOARD_TOKEN",
+    "",
+    str,
+    "When set, the dashboard's data and every local JSON route require this token "
+    "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
+)
 SETTINGS = (
     UPSTREAM_URL,
     OLLAMA_UPSTREAM_URL,
@@ -200,6 +207,7 @@ SETTINGS = (
     DB_PATH,
     MAX_LOG_AGE_DAYS,
     LOG_MAX_BODY_BYTES,
+    DASHBOARD_TOKEN,
 )
 
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line

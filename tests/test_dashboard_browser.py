@@ -34,20 +34,31 @@ def proxy(module_rerouter):
 
 
 @pytest.fixture(scope="module")
-def page(proxy):
+def browser():
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
             args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"],
         )
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.problems = []
-        page.on("pageerror", lambda error: page.problems.append(str(error)))
-        page.on("dialog", lambda dialog: (page.problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
-        page.goto(proxy.url + "/")
-        yield page
+        yield browser
         browser.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.problems = []
+    page.on("pageerror", lambda error: page.problems.append(str(error)))
+    page.on("dialog", lambda dialog: (page.problems.append(f"dialog: {dialog.message}"), dialog.dismiss()))
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(browser, proxy):
+    page = open_page(browser, proxy.url + "/")
+    yield page
+    page.close()
 
 
 ROWS = "#log-table tbody tr[data-id]"
@@ -98,3 +109,22 @@ def test_markup_is_shown_as_text_and_runs_nothing(page):
     assert page.evaluate("document.querySelectorAll('img[src=x], #detail script, #log-table script').length") == 0
     assert not page.problems
     page.click("#detail-close")
+
+
+def test_login_with_the_dashboard_token(browser, rerouter):
+    token = "tok-" + uuid.uuid4().hex
+    proxy = rerouter("python", {"DASHBOARD_TOKEN": token})
+    chat(proxy, "behind a token")
+    page = open_page(browser, proxy.url + "/")
+    sync_api.expect(page.locator("#auth")).to_be_visible()
+    assert page.locator(ROWS).count() == 0
+    page.fill("#auth-token", "wrong")
+    page.press("#auth-token", "Enter")
+    sync_api.expect(page.locator("body")).to_contain_text("Wrong token")
+    page.goto(proxy.url + "/")
+    page.fill("#auth-token", token)
+    page.press("#auth-token", "Enter")
+    wait_rows(page, lambda n: n == 1)
+    assert "behind a token" not in page.inner_text(ROWS) and "llama3-70b" in page.inner_text(ROWS)
+    assert not page.problems
+    page.close()

@@ -45,7 +45,7 @@ def logged(settings_env, tmp_path):
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(log)
+    dash = Dashboard(s, log)
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield tctx, s, log, dash
@@ -165,3 +165,83 @@ class TestDashboard:
         dash.response(f)
         await asyncio.sleep(0.05)
         assert len(view) == 0
+
+
+@pytest.fixture
+def guarded(settings_env, tmp_path):
+    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
+    settings_env.setenv("DASHBOARD_TOKEN", "s3cret-token")
+    s = Settings()
+    log = RequestLog(s)
+    dash = Dashboard(s, log)
+    with taddons.context(s, dash, log) as tctx:
+        start(tctx, s, log)
+        yield dash
+        log.done()
+
+
+async def ask(dash: Dashboard, path: str, method: str = "GET", **headers) -> http.HTTPFlow:
+    f = reverse_flow(path, method=method)
+    f.request.headers.update(headers)
+    await dash.request(f)
+    return f
+
+
+class TestToken:
+    @pytest.mark.parametrize("path", ["/api/stats", "/api/logs", "/api/inflight", "/api/logs/abc"])
+    async def test_json_routes_need_it(self, guarded, path):
+        assert (await ask(guarded, path)).response.status_code == 401
+        assert (await ask(guarded, path, authorization="Bearer wrong")).response.status_code == 401
+        assert (await ask(guarded, path, authorization="Bearer s3cret-token")).response.status_code in (200, 404)
+
+    async def test_the_page_shows_its_login_form_without_it(self, guarded):
+        assert (await ask(guarded, "/")).response.status_code == 200
+
+    async def test_login_sets_an_httponly_cookie_that_opens_the_routes(self, guarded):
+        f = reverse_flow("/login")
+        f.request.urlencoded_form = [("token", "s3cret-token")]
+        await guarded.request(f)
+        assert f.response.status_code == 303
+        cookie = f.response.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "s3cret-token" not in cookie
+        session = cookie.split(";", 1)[0]
+        assert (await ask(guarded, "/api/stats", cookie=session)).response.status_code == 200
+        assert (await ask(guarded, "/api/stats", cookie="rerouter_session=forged")).response.status_code == 401
+
+    async def test_wrong_login(self, guarded):
+        f = reverse_flow("/login")
+        f.request.urlencoded_form = [("token", "guess")]
+        await guarded.request(f)
+        assert f.response.status_code == 401 and "set-cookie" not in f.response.headers
+
+    async def test_proxied_traffic_is_unaffected(self, guarded):
+        f = await ask(guarded, "/v1/chat/completions", method="POST", authorization="Bearer sk-upstream-key")
+        assert f.response is None
+        assert f.request.headers["authorization"] == "Bearer sk-upstream-key"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/../api/logs", "//api/logs", "/api%2Flogs", "/api/logs/", "/api/logs/../stats", "/API/LOGS", "/api/logs/a/b", "/api/stats/", "/./api/stats", "/dashboard/../api/stats", "/login"],
+)
+async def test_crafted_paths_are_not_local(logged, path):
+    tctx, s, log, dash = logged
+    assert (await ask(dash, path)).response is None
+
+
+@pytest.mark.parametrize(
+    "host, token, warned",
+    [("0.0.0.0", "", True), ("192.168.1.5", "", True), ("", "", True), ("0.0.0.0", "t", False), ("127.0.0.1", "", False), ("::1", "", False), ("localhost", "", False)],
+)
+def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
+    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
+    settings_env.setenv("LISTEN_HOST", host)
+    settings_env.setenv("DASHBOARD_TOKEN", token)
+    s = Settings()
+    log = RequestLog(s)
+    dash = Dashboard(s, log)
+    with taddons.context(s, dash, log) as tctx:
+        start(tctx, s, log)
+        dash.running()
+        log.done()
+    assert ("DASHBOARD_TOKEN" in caplog.text) == warned

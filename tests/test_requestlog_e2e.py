@@ -152,6 +152,7 @@ def test_secrets_never_stored(proxy):
         assert SECRET not in json.dumps(detail(proxy, row))
     headers = dict(detail(proxy, get(proxy, "/api/logs?q=plain")[1]["logs"][0])["request_headers"])
     assert headers.get("authorization", headers.get("Authorization")) == "[redacted]"
+    assert SECRET not in proxy.output, "the process log"
     paths = proxy_db_files(proxy)
     assert paths, "the database files exist"
     for path in paths:
@@ -236,3 +237,28 @@ def test_unusable_db_path_stops_startup(rerouter, tmp_path):
     process = rerouter("mitmdump", {"DB_PATH": str(blocker / "requests.db")}, ready=False)
     assert process.wait_exit() != 0
     assert "DB_PATH (option db_path): cannot open the request log" in process.output
+
+
+@pytest.mark.parametrize("path", ["/v1/../api/logs", "//api/logs", "/api%2Flogs", "/api/logs/a/b"])
+def test_crafted_paths_go_upstream(proxy, openai_upstream, ollama_upstream, path):
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", path)
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 404, "the mock upstream's answer"
+    seen = [r["path"] for r in openai_upstream.requests + ollama_upstream.requests]
+    assert path in seen
+
+
+def test_token_guards_the_api_not_the_traffic(rerouter, openai_upstream):
+    token = "tok-" + uuid.uuid4().hex
+    proxy = rerouter("python", {"DASHBOARD_TOKEN": token})
+    assert get(proxy, "/api/stats")[0] == 401
+    assert get(proxy, "/")[0] == 200, "the page shows its login form"
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
+    conn.request("GET", "/api/stats", headers={"Authorization": f"Bearer {token}"})
+    assert conn.getresponse().status == 200
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-upstream", max_retries=0)
+    assert client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]).choices
+    assert openai_upstream.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream"
+    assert token not in proxy.output

@@ -1,0 +1,556 @@
+"""
+The rerouter's benchmark: the same load against the mock upstream directly, through bare
+mitmdump and through the rerouter (with and without its request log), in one run.
+
+    python bench/run.py [--quick] [--reps N] [--targets a,b] [--workloads x,y] [--json FILE]
+
+Every target is started fresh by this script on a free loopback port, against one mock
+upstream process. Repetitions are interleaved (each repetition runs every workload on every
+target, the target order rotating), and the table shows the median of the repetitions, with
+ratios against bare mitmdump and deltas against the direct connection. It reports; it asserts
+nothing. See bench/README.md for what each workload and figure means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import loadgen
+import targets
+from loadgen import Request
+
+TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog")
+ROUTER = "rerouter"  # the default configuration, which the goals are about
+BASELINE = "mitmdump"
+SETTLE = 0.25  # seconds after a workload before reading CPU: the log writer thread finishes its rows
+USER = [{"role": "user", "content": "Say something."}]
+BIG_TOKEN = ("lorem ipsum dolor sit amet " * 80)[:2000]  # no "<": the stripper's fast path
+BIG_EVENT_BYTES = 2200  # one SSE event carrying BIG_TOKEN, framing and chunk JSON included
+FLAT_MB = 10.0  # "flat": RSS grows less than this from 10 % to 90 % of the 50 MB transfer
+
+
+# ---------------------------------------------------------------------------------------------
+# Workloads
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One kind of load; `tokens` is what the upstream streams per request (for tokens/s)."""
+
+    name: str
+    what: str
+    path: str
+    kind: str  # "json", "sse" or "ndjson"
+    body: dict[str, Any]
+    mock: dict[str, Any]  # tests/upstream.py MockOptions fields, sent as x-mock-* headers
+    count: int
+    concurrency: int
+    tokens: int = 0
+    track_memory: bool = False  # keep the transfer's progress, to read RSS at 10/50/90 %
+
+    def request(self, host: str) -> Request:
+        return Request.post(host, self.path, self.body, mock_headers(**self.mock), self.kind)
+
+
+def mock_headers(**options: Any) -> dict[str, str]:
+    """tests/upstream.py's own header builder, imported when first needed (no import-time path edits)."""
+    root = str(targets.ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from tests.upstream import mock_headers as build
+
+    return build(**options)
+
+
+def words(prefix: str, count: int) -> list[str]:
+    """`count` stream tokens the way the mock splits words: each with its leading space."""
+    return [f" {prefix}{i}" for i in range(count)]
+
+
+def think_tokens() -> list[str]:
+    """A reasoning model's stream: a think block with both tags split across events, then the answer."""
+    return ["<th", "ink>", "Let", *words("step", 39), "</thi", "nk>", "\n\n", "Answer", *words("tok", 159)]
+
+
+def chat(stream: bool, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4", "messages": USER, "stream": stream, **extra}
+
+
+def build_workloads(quick: bool) -> list[Workload]:
+    """The workloads in run order; `quick` shrinks the counts, never the shape of a request."""
+
+    def n(full: int, short: int) -> int:
+        return short if quick else full
+
+    plain = "".join(words("tok", 200)).lstrip()
+    thinking = think_tokens()
+    slow_tokens = n(40, 10)
+    big_repeat = 50_000_000 // BIG_EVENT_BYTES
+    return [
+        Workload("chat-c1", "non-streamed chat, 1 client", "/v1/chat/completions", "json",
+                 chat(False), {}, n(300, 60), 1),
+        Workload("chat-c32", "non-streamed chat, 32 clients", "/v1/chat/completions", "json",
+                 chat(False), {}, n(2000, 400), 32),
+        Workload("stream200", "SSE chat, 200 tokens, 16 clients", "/v1/chat/completions", "sse",
+                 chat(True), {"text": plain}, n(160, 48), 16, tokens=200),
+        Workload("ttft", "SSE chat, 20 ms between tokens, 4 clients", "/v1/chat/completions", "sse",
+                 chat(True), {"text": "".join(words("tok", 8)).lstrip(), "delay": 0.02}, n(60, 20), 4, tokens=8),
+        Workload("think", "SSE chat opening with a split think block, 16 clients", "/v1/chat/completions", "sse",
+                 chat(True), {"tokens": thinking}, n(160, 48), 16, tokens=len(thinking)),
+        Workload("ollama", "Ollama NDJSON /api/chat with a think block, 16 clients", "/api/chat", "ndjson",
+                 chat(True), {"tokens": thinking}, n(160, 48), 16, tokens=len(thinking)),
+        Workload("slow100", f"100 live SSE streams, 1 token / 200 ms ({slow_tokens * 0.2:.0f} s)",
+                 "/v1/chat/completions", "sse", chat(True),
+                 {"text": "".join(words("tok", slow_tokens)).lstrip(), "delay": 0.2}, 100, 100, tokens=slow_tokens),
+        Workload("big50", "one 50 MB SSE stream of 2 KB events", "/v1/chat/completions", "sse",
+                 chat(True, mock_repeat=big_repeat), {"text": BIG_TOKEN, "tokens": len(BIG_TOKEN)}, 1, 1,
+                 tokens=big_repeat, track_memory=True),
+    ]  # fmt: skip
+
+
+def select(names: str | None, known: list[str], what: str) -> list[str]:
+    """Comma-separated names; a name also selects its family (`chat` is chat-c1 and chat-c32)."""
+    if not names:
+        return known
+    chosen = []
+    for name in names.split(","):
+        matches = [k for k in known if k == name or k.startswith(name + "-")]
+        if not matches:
+            raise SystemExit(f"unknown {what} {name!r}; known: {', '.join(known)}")
+        chosen += [m for m in matches if m not in chosen]
+    return [k for k in known if k in chosen]
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring one workload on one target
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Linear interpolation between closest ranks; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def ms(value: float | None) -> float | None:
+    return None if value is None else value * 1000
+
+
+def measure(target: targets.Target, workload: Workload) -> dict[str, Any]:
+    """Runs the workload once; figures for the table, CPU and RSS of the proxy process if any."""
+    process = target.process
+    progress: loadgen.Progress | None = [] if workload.track_memory else None
+    request = workload.request(f"{target.host}:{target.port}")
+    sampler = targets.RssSampler(process.pid, 0.02 if workload.track_memory else 0.05) if process else None
+    cpu_before = targets.cpu_seconds(process.pid) if process else 0.0
+
+    async def load() -> loadgen.LoadResult:
+        return await loadgen.run_load(
+            target.host, target.port, request, workload.count, workload.concurrency, progress
+        )
+
+    with sampler or contextlib.nullcontext():
+        try:
+            result = loadgen.run_in_loop(load)
+        except TimeoutError:
+            result = loadgen.LoadResult([loadgen.Outcome(False, 0.0, error="workload timed out")])
+        time.sleep(SETTLE)
+    ok = result.succeeded
+    figures: dict[str, Any] = {
+        "workload": workload.name,
+        "target": target.name,
+        "requests": len(result.outcomes),
+        "ok": len(ok),
+        "errors": sorted(set(result.errors))[:3],
+        "wall_s": result.wall,
+        "req_s": len(ok) / result.wall if result.wall else None,
+        "tok_s": len(ok) * workload.tokens / result.wall if workload.tokens and result.wall else None,
+        "lat_p50_ms": ms(percentile([o.latency for o in ok], 50)),
+        "lat_p99_ms": ms(percentile([o.latency for o in ok], 99)),
+        "ttft_p50_ms": ms(percentile([o.ttft for o in ok if o.ttft is not None], 50)),
+        "ttft_p99_ms": ms(percentile([o.ttft for o in ok if o.ttft is not None], 99)),
+        "body_mb": sum(o.body_bytes for o in ok) / 1e6,
+    }
+    if process and sampler:
+        cpu = targets.cpu_seconds(process.pid) - cpu_before
+        figures.update(
+            cpu_s=cpu,
+            cpu_per_1k=cpu / len(ok) * 1000 if ok else None,
+            rss_start_mb=sampler.samples[0][1],
+            rss_peak_mb=sampler.peak,
+        )
+        if progress:
+            figures["rss_at"] = memory_over_transfer(progress, sampler)
+    return figures
+
+
+def memory_over_transfer(progress: loadgen.Progress, sampler: targets.RssSampler) -> dict[str, float]:
+    """The proxy's RSS when 10 %, 50 % and 90 % of the body had reached the client."""
+    total = progress[-1][1]
+    marks: dict[str, float] = {}
+    for share in (10, 50, 90):
+        when = next(t for t, size in progress if size >= total * share / 100)
+        marks[str(share)] = sampler.at(when)
+    marks["growth"] = marks["90"] - marks["10"]
+    return marks
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: processes, warm-up, interleaved repetitions
+
+
+@dataclass
+class Bench:
+    """Everything one run starts, so that all of it is stopped however the run ends."""
+
+    names: list[str]
+    workdir: Path
+    mock: targets.Process | None = None
+    started: dict[str, targets.Target] = field(default_factory=dict)
+
+    def start(self) -> None:
+        self.mock = targets.start_mock()
+        host, port = self.mock.address or ("", 0)
+        upstream = f"http://{host}:{port}"
+        for name in self.names:
+            if name == "direct":
+                self.started[name] = targets.Target(name, host, port)
+            else:
+                self.started[name] = targets.start_target(name, upstream, self.workdir)
+
+    def stop(self) -> None:
+        for target in self.started.values():
+            if target.process:
+                target.process.stop()
+        if self.mock:
+            self.mock.stop()
+
+    def processes(self) -> list[targets.Process]:
+        return [p for p in [self.mock, *(t.process for t in self.started.values())] if p]
+
+
+def warm_up_and_check(target: targets.Target) -> None:
+    """
+    A few requests of each kind (first-use imports, connections, the database), and a check that
+    the target is set up as meant: the rerouter rewrites the model and strips thinking, the others
+    pass the answer through unchanged.
+    """
+    host = f"{target.host}:{target.port}"
+    plain = Request.post(host, "/v1/chat/completions", chat(False), {}, "json")
+    stream = Request.post(host, "/v1/chat/completions", chat(True), mock_headers(tokens=think_tokens()), "sse")
+    repeated = Request.post(host, "/v1/chat/completions", chat(True, mock_repeat=3), mock_headers(text="x"), "sse")
+
+    async def check() -> None:
+        status, body = await loadgen.fetch(target.host, target.port, plain)
+        routed = target.name.startswith("rerouter")
+        want_model = b'"llama3-70b"' if routed else b'"gpt-4"'
+        if status != 200 or (want_model not in body) or ((b"<think>" in body) == routed):
+            raise RuntimeError(f"{target.name} is not set up as expected: HTTP {status} {body[:300]!r}")
+        status, body = await loadgen.fetch(target.host, target.port, stream)
+        if status != 200 or (b"ink>" in body) == routed:
+            raise RuntimeError(f"{target.name}: unexpected think stream: HTTP {status} {body[:300]!r}")
+        status, body = await loadgen.fetch(target.host, target.port, repeated)
+        if body.count(b'"content":"x"') != 3:
+            raise RuntimeError(f"the mock upstream ignores mock_repeat: HTTP {status} {body[:300]!r}")
+        for request, count in ((plain, 40), (stream, 8)):
+            result = await loadgen.run_load(target.host, target.port, request, count, 4)
+            if result.errors:
+                raise RuntimeError(f"{target.name} fails during warm-up: {result.errors[:3]}")
+
+    loadgen.run_in_loop(check)
+
+
+def run_all(bench: Bench, workloads: list[Workload], reps: int, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Interleaved: every repetition runs each workload on every target, the order rotating."""
+    runs = []
+    names = list(bench.started)
+    for rep in range(reps):
+        order = names[rep % len(names) :] + names[: rep % len(names)]
+        for workload in workloads:
+            for name in order:
+                figures = measure(bench.started[name], workload)
+                figures["rep"] = rep
+                runs.append(figures)
+                log(progress_line(rep, figures))
+    return runs
+
+
+def progress_line(rep: int, f: dict[str, Any]) -> str:
+    errors = f" ERRORS {f['requests'] - f['ok']}: {f['errors']}" if f["ok"] < f["requests"] else ""
+    return f"  rep {rep + 1} {f['workload']:<10} {f['target']:<15} {f['wall_s']:6.2f} s{errors}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Medians, ratios, the table and the goals
+
+
+NUMERIC = ("req_s", "tok_s", "lat_p50_ms", "lat_p99_ms", "ttft_p50_ms", "ttft_p99_ms", "cpu_per_1k",
+           "rss_start_mb", "rss_peak_mb", "wall_s", "body_mb")  # fmt: skip
+
+
+def median_of(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (workload, target): the median of each figure over the repetitions, errors summed."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for run in runs:
+        grouped.setdefault((run["workload"], run["target"]), []).append(run)
+    result = {}
+    for key, group in grouped.items():
+        summary: dict[str, Any] = {k: median_of([r.get(k) for r in group]) for k in NUMERIC}
+        summary["failed"] = sum(r["requests"] - r["ok"] for r in group)
+        if any("rss_at" in r for r in group):
+            marks = [r["rss_at"] for r in group if "rss_at" in r]
+            summary["rss_at"] = {k: statistics.median(m[k] for m in marks) for k in marks[0]}
+        result[key] = summary
+    return result
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def fmt(value: float | None, spec: str = ".1f", suffix: str = "") -> str:
+    return "-" if value is None else f"{value:{spec}}{suffix}"
+
+
+def delta_ms(value: float | None, base: float | None) -> str:
+    return "-" if value is None or base is None else f"{value - base:+.1f} ms"
+
+
+COLUMNS = [
+    ("workload", 9, "<"), ("target", 14, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
+    ("lat p50", 8, ">"), ("lat p99", 8, ">"), ("TTFT p50", 8, ">"), ("TTFT p99", 8, ">"),
+    ("CPU s/1k", 8, ">"), ("RSS MB", 7, ">"), ("CPU/req", 8, ">"), ("thruput", 8, ">"), ("vs direct", 11, ">"),
+]  # fmt: skip
+
+
+def table(workloads: list[Workload], names: list[str], summary: dict) -> list[str]:
+    """The main table: medians, then ratios to mitmdump (CPU per request, throughput) and the
+    delta to direct (TTFT p50 for streams, latency p50 otherwise)."""
+    head = "  ".join(f"{title:{align}{width}}" for title, width, align in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for workload in workloads:
+        base = summary.get((workload.name, BASELINE), {})
+        direct = summary.get((workload.name, "direct"), {})
+        for name in names:
+            s = summary.get((workload.name, name))
+            if s is None:
+                continue
+            throughput = "tok_s" if workload.tokens else "req_s"
+            if name in (BASELINE, "direct"):
+                cpu_ratio = thruput_ratio = "-"
+            else:
+                cpu_ratio = fmt(ratio(s["cpu_per_1k"], base.get("cpu_per_1k")), ".2f", "x")
+                thruput_ratio = fmt(ratio(s[throughput], base.get(throughput)), ".2f", "x")
+            key = "ttft_p50_ms" if s["ttft_p50_ms"] is not None else "lat_p50_ms"
+            vs_direct = "-" if name == "direct" else delta_ms(s[key], direct.get(key))
+            cells = [
+                workload.name, name, fmt(s["req_s"]), fmt(s["tok_s"], ".0f"),
+                fmt(s["lat_p50_ms"], ".1f"), fmt(s["lat_p99_ms"], ".1f"),
+                fmt(s["ttft_p50_ms"], ".1f"), fmt(s["ttft_p99_ms"], ".1f"),
+                fmt(s.get("cpu_per_1k"), ".2f"), fmt(s.get("rss_peak_mb"), ".0f"), cpu_ratio, thruput_ratio, vs_direct,
+            ]  # fmt: skip
+            if s["failed"]:
+                cells[-1] += f"  ({s['failed']} failed)"
+            lines.append("  ".join(f"{c:{align}{width}}" for c, (_, width, align) in zip(cells, COLUMNS)))
+        lines.append("")
+    return lines
+
+
+def memory_table(names: list[str], summary: dict) -> list[str]:
+    """RSS of each proxy while one 50 MB stream passes: flat means not buffered."""
+    lines = ["big50, proxy RSS in MB at 10 / 50 / 90 % of the transfer:"]
+    for name in names:
+        s = summary.get(("big50", name))
+        if not s or "rss_at" not in s:
+            continue
+        at = s["rss_at"]
+        flat = "flat" if at["growth"] <= FLAT_MB else "GROWS"
+        lines.append(
+            f"  {name:<15} start {s['rss_start_mb']:5.0f}  10% {at['10']:5.0f}  50% {at['50']:5.0f}"
+            f"  90% {at['90']:5.0f}  peak {s['rss_peak_mb']:5.0f}  growth 10->90% {at['growth']:+5.1f}  {flat}"
+            f"  ({s['body_mb']:.0f} MB in {s['wall_s']:.1f} s)"
+        )
+    return lines
+
+
+@dataclass
+class Goal:
+    """One of the issue's goals, judged on the rerouter's medians (rerouter-nolog shown too)."""
+
+    text: str
+    measure: Callable[[dict, str], tuple[float, str] | None]  # (value, shown) or None
+    met: Callable[[float], bool]
+
+
+def _ratio_to_mitmdump(workload: str, key: str) -> Callable[[dict, str], tuple[float, str] | None]:
+    def measure(summary: dict, name: str) -> tuple[float, str] | None:
+        value = ratio(summary.get((workload, name), {}).get(key), summary.get((workload, BASELINE), {}).get(key))
+        return None if value is None else (value, f"{value:.2f}x")
+
+    return measure
+
+
+def _ttft_vs_direct(summary: dict, name: str) -> tuple[float, str] | None:
+    mine = summary.get(("ttft", name), {}).get("ttft_p50_ms")
+    direct = summary.get(("ttft", "direct"), {}).get("ttft_p50_ms")
+    if mine is None or direct is None:
+        return None
+    return mine - direct, f"{mine:.1f} ms (direct {direct:.1f} {mine - direct:+.1f})"
+
+
+def _slow_rss(summary: dict, name: str) -> tuple[float, str] | None:
+    peak = summary.get(("slow100", name), {}).get("rss_peak_mb")
+    return None if peak is None else (peak, f"{peak:.0f} MB")
+
+
+def _big_growth(summary: dict, name: str) -> tuple[float, str] | None:
+    at = summary.get(("big50", name), {}).get("rss_at")
+    if not at:
+        return None
+    return at["growth"], f"{at['10']:.0f}/{at['50']:.0f}/{at['90']:.0f} MB ({at['growth']:+.1f})"
+
+
+GOALS = [
+    Goal("CPU per non-streamed request (chat-c32) vs mitmdump <= 1.10x",
+         _ratio_to_mitmdump("chat-c32", "cpu_per_1k"), lambda v: v <= 1.10),
+    Goal("streamed tokens/s (stream200) vs mitmdump >= 0.90x", _ratio_to_mitmdump("stream200", "tok_s"),
+         lambda v: v >= 0.90),
+    Goal("streamed tokens/s (think) vs mitmdump >= 0.90x", _ratio_to_mitmdump("think", "tok_s"), lambda v: v >= 0.90),
+    Goal("TTFT p50 (ttft) <= direct + 5 ms", _ttft_vs_direct, lambda v: v <= 5.0),
+    Goal("peak RSS with 100 live streams (slow100) <= 120 MB", _slow_rss, lambda v: v <= 120),
+    Goal(f"RSS flat during the 50 MB stream (big50: 10/50/90 %, growth <= {FLAT_MB:.0f} MB)", _big_growth,
+         lambda v: v <= FLAT_MB),
+]  # fmt: skip
+
+
+def goals_report(summary: dict) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = [f"{'goal':<72}  {'rerouter':<30}  {'':<8}  rerouter-nolog (info)"]
+    records = []
+    for goal in GOALS:
+        mine, nolog = goal.measure(summary, ROUTER), goal.measure(summary, "rerouter-nolog")
+        verdict = "not measured" if mine is None else "met" if goal.met(mine[0]) else "NOT MET"
+        lines.append(f"{goal.text:<72}  {mine[1] if mine else '-':<30}  {verdict:<8}  {nolog[1] if nolog else '-'}")
+        records.append({"goal": goal.text, "rerouter": mine and mine[0], "nolog": nolog and nolog[0], "verdict": verdict})
+    return lines, records
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def machine() -> dict[str, Any]:
+    version = subprocess.run(
+        [str(targets.BIN / "mitmdump"), "--version"], capture_output=True, text=True, timeout=30
+    ).stdout
+    mitmproxy = next((line.split(":", 1)[1].strip() for line in version.splitlines() if line.startswith("Mitmproxy")), "?")
+    return {
+        "date": datetime.date.today().isoformat(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "mitmproxy": mitmproxy,
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="about a minute: smaller counts, 2 repetitions")
+    parser.add_argument("--reps", type=int, help="repetitions (default 3, 2 with --quick)")
+    parser.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument("--workloads", help="comma-separated subset (chat selects chat-c1 and chat-c32)")
+    parser.add_argument("--json", type=Path, help="also write every run's raw figures and the medians here")
+    return parser.parse_args(argv)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every child process is still stopped."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    reps = args.reps or (2 if args.quick else 3)
+    all_workloads = build_workloads(args.quick)
+    chosen = select(args.workloads, [w.name for w in all_workloads], "workload")
+    workloads = [w for w in all_workloads if w.name in chosen]
+    names = select(args.targets, list(TARGETS), "target")
+    info = machine()
+    print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "
+          f"{'quick' if args.quick else 'full'} mode, {reps} interleaved repetitions", flush=True)  # fmt: skip
+    started = time.monotonic()
+    with terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="rerouter-bench-") as tmp:
+        bench = Bench(names, Path(tmp))
+        try:
+            bench.start()
+            for target in bench.started.values():
+                warm_up_and_check(target)
+            print(f"started and warmed up: {', '.join(f'{t.name} :{t.port}' for t in bench.started.values())}")
+            runs = run_all(bench, workloads, reps, lambda line: print(line, flush=True))
+        except KeyboardInterrupt:
+            print("interrupted: stopping every process started", file=sys.stderr)
+            return 130
+        finally:
+            bench.stop()
+    wall = time.monotonic() - started
+    summary = medians(runs)
+    goal_lines, goal_records = goals_report(summary)
+    print()
+    print(f"medians of {reps} repetitions; ratios vs {BASELINE} (CPU per request; tokens/s for streams, "
+          f"requests/s otherwise); vs direct: TTFT p50 for streams, latency p50 otherwise; times in ms")  # fmt: skip
+    print("\n".join(table(workloads, names, summary)))
+    if any(w.track_memory for w in workloads):
+        print("\n".join(memory_table(names, summary)))
+    print()
+    print("\n".join(goal_lines))
+    print(f"\nwall time {wall:.0f} s")
+    if args.json:
+        payload = {
+            "machine": info,
+            "mode": "quick" if args.quick else "full",
+            "reps": reps,
+            "wall_s": wall,
+            "runs": runs,
+            "medians": [{"workload": w, "target": t, **s} for (w, t), s in summary.items()],
+            "goals": goal_records,
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""
+The processes the benchmark starts (mock upstream, bare mitmdump, the rerouter) and what it
+reads about them from /proc: CPU seconds and resident memory.
+
+Every process listens on port 0 and its port is read from its own startup line, so nothing
+depends on a fixed port being free. Each one is stopped by its own pid when the run ends.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+MOCK_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
+PROXY_LISTENING = re.compile(r"listening at ([\d.]+):(\d+)")
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Every variable the rerouter reads: inherited values must not leak into the benchmark.
+REROUTER_ENV = (
+    "UPSTREAM_URL", "OLLAMA_UPSTREAM_URL", "MODEL_MAP", "STRIP_THINKING", "DISABLE_THINKING",
+    "REQUEST_TIMEOUT", "ENABLE_LOGGING", "DB_PATH", "MAX_LOG_AGE_DAYS", "LOG_MAX_BODY_BYTES",
+    "LISTEN_HOST", "LISTEN_PORT",
+)  # fmt: skip
+# Flow lines cost CPU (one print per request); flow_detail=0 turns them off for both proxies.
+# -q would too, but it also hides the "listening at" line the port is read from.
+QUIET = ["--set", "flow_detail=0"]
+
+
+class Process:
+    """A child process whose merged output is drained by a thread (the tail is kept for errors)."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.tail: collections.deque[str] = collections.deque(maxlen=60)
+        self.address: tuple[str, int] | None = None
+        self._pattern: re.Pattern[str] | None = None
+        self._ready = threading.Event()
+        full_env = {k: v for k, v in os.environ.items() if k not in REROUTER_ENV}
+        full_env.update(env or {}, PYTHONUNBUFFERED="1")
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+        self._reader = threading.Thread(target=self._drain, name=f"{name}-output", daemon=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def wait_listening(self, pattern: re.Pattern[str], timeout: float = 30.0) -> tuple[str, int]:
+        """The (host, port) from the first output line matching `pattern`."""
+        self._pattern = pattern
+        self._reader.start()
+        if not self._ready.wait(timeout) or self.address is None:
+            raise RuntimeError(f"{self.name} did not start: {self.argv}\n" + "\n".join(self.tail))
+        return self.address
+
+    def _drain(self) -> None:
+        assert self.popen.stdout is not None and self._pattern is not None
+        for line in self.popen.stdout:
+            self.tail.append(line.rstrip("\n"))
+            if self.address is None and (match := self._pattern.search(line)):
+                self.address = (match.group(1), int(match.group(2)))
+                self._ready.set()
+        self._ready.set()  # exited: wake the waiter, which sees no address
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; only this process, by its pid."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        if self._reader.is_alive():
+            self._reader.join(5)
+
+
+@dataclass
+class Target:
+    """Where the load goes; `process` is the proxy measured (None for the upstream itself)."""
+
+    name: str
+    host: str
+    port: int
+    process: Process | None = None
+
+
+def start_mock() -> Process:
+    """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
+    mock = Process("mock upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"])
+    mock.wait_listening(MOCK_LISTENING)
+    return mock
+
+
+def mitmdump_argv(upstream: str, confdir: Path) -> list[str]:
+    """Bare mitmdump with streaming forced: the baseline a proxy that adds nothing would cost."""
+    mitmdump = BIN / "mitmdump"
+    if not mitmdump.exists():
+        raise RuntimeError(f"mitmdump not found next to {sys.executable}")
+    return [
+        str(mitmdump), "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1", "--listen-port", "0",
+        "--set", "stream_large_bodies=1", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}",
+        *QUIET,
+    ]  # fmt: skip
+
+
+def rerouter_env(upstream: str, db_path: Path, logging_on: bool) -> dict[str, str]:
+    return {
+        "UPSTREAM_URL": upstream,
+        "OLLAMA_UPSTREAM_URL": upstream,
+        "LISTEN_HOST": "127.0.0.1",
+        "LISTEN_PORT": "0",
+        "DB_PATH": str(db_path),
+        "MODEL_MAP": '{"gpt-4": "llama3-70b"}',
+        "ENABLE_LOGGING": "true" if logging_on else "false",
+        "STRIP_THINKING": "true",
+    }
+
+
+def start_target(name: str, upstream: str, workdir: Path) -> Target:
+    """Starts one proxy target (fresh, with its own confdir and database) and waits for its port."""
+    confdir = workdir / f"{name}-confdir"
+    if name == "mitmdump":
+        process = Process(name, mitmdump_argv(upstream, confdir))
+    elif name in ("rerouter", "rerouter-nolog"):
+        env = rerouter_env(upstream, workdir / f"{name}.db", logging_on=name == "rerouter")
+        argv = [sys.executable, str(ROOT / "rerouter_addon.py"), "--set", f"confdir={confdir}", *QUIET]
+        process = Process(name, argv, env)
+    else:
+        raise ValueError(f"unknown target {name!r}")
+    try:
+        host, port = process.wait_listening(PROXY_LISTENING)
+    except BaseException:
+        process.stop()
+        raise
+    return Target(name, host, port, process)
+
+
+# /proc readings ------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all its threads, e.g. the SQLite writer)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat(5)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class RssSampler:
+    """
+    Samples VmRSS every `interval` seconds in a thread. VmHWM would be cheaper, but it is the
+    peak of the process's whole life and cannot be reset between workloads.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, float]] = []  # (perf_counter, MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        try:
+            self.samples.append((time.perf_counter(), rss_mb(self.pid)))
+        except OSError:
+            pass  # the process is gone; the run reports its errors
+
+    @property
+    def peak(self) -> float:
+        return max((mb for _, mb in self.samples), default=0.0)
+
+    def at(self, when: float) -> float:
+        """The sample closest in time to `when`."""
+        return min(self.samples, key=lambda s: abs(s[0] - when))[1]
