@@ -211,3 +211,18 @@ class RssSampler:
     def at(self, when: float) -> float:
         """The sample closest in time to `when`."""
         return min(self.samples, key=lambda s: abs(s[0] - when))[1]
+
+
+def wait_idle(pid: int, step: float = 0.05, limit: float = 3.0) -> None:
+    """
+    Waits until the process uses no CPU for `step` seconds, so work it does after the last answer
+    (the log writer thread committing its rows) is counted in the workload that caused it.
+    """
+    deadline = time.monotonic() + limit
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = cpu_seconds(pid)
+        if now == before:
+            return
+        before = now

@@ -282,7 +282,7 @@ class Request:
 def _parse_json(body: bytes) -> Any:
     try:
         return json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
