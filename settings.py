@@ -67,34 +67,26 @@ def parse_upstream(text: str) -> Upstream:
     return Upstream(parts.scheme, parts.hostname, port or default_port)
 
 
-def parse_port(text: str) -> int:
+def parse_number(text: str, convert: Callable[[str], float], valid: Callable[[float], bool], expected: str) -> Any:
     try:
-        port = int(text)
+        number = convert(text)
     except ValueError:
-        raise ValueError(f"expected a port number, got {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ValueError(f"expected a port number from 0 to 65535, got {text!r}")
-    return port
-
-
-def parse_positive(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise ValueError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"expected a positive number, got {text!r}")
+        number = None
+    if number is None or not valid(number):
+        raise ValueError(f"expected {expected}, got {text!r}")
     return number
 
 
+def parse_port(text: str) -> int:
+    return parse_number(text, int, lambda port: 0 <= port <= 65535, "a port number from 0 to 65535")
+
+
+def parse_positive(text: str) -> float:
+    return parse_number(text, float, lambda number: math.isfinite(number) and number > 0, "a positive number")
+
+
 def parse_size(text: str) -> int:
-    try:
-        size = int(text)
-    except ValueError:
-        raise ValueError(f"expected a number of bytes, got {text!r}") from None
-    if size < 0:
-        raise ValueError(f"expected a number of bytes, got {text!r}")
-    return size
+    return parse_number(text, int, lambda size: size >= 0, "a number of bytes")
 
 
 def parse_path(text: str) -> str:

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.metadata
 import json
 import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,13 +125,13 @@ def build_workloads(quick: bool) -> list[Workload]:
     ]  # fmt: skip
 
 
-def select(names: str | None, known: list[str], what: str) -> list[str]:
-    """Comma-separated names; a name also selects its family (`chat` is chat-c1 and chat-c32)."""
+def select(names: str | None, known: list[str], what: str, families: bool = False) -> list[str]:
+    """Comma-separated names; with `families`, a name also selects its family (`chat`: chat-c1, chat-c32)."""
     if not names:
         return known
     chosen = []
     for name in names.split(","):
-        matches = [k for k in known if k == name or k.startswith(name + "-")]
+        matches = [k for k in known if k == name or (families and k.startswith(name + "-"))]
         if not matches:
             raise SystemExit(f"unknown {what} {name!r}; known: {', '.join(known)}")
         chosen += [m for m in matches if m not in chosen]
@@ -324,11 +324,20 @@ def medians(runs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]
     for key, group in grouped.items():
         summary: dict[str, Any] = {k: median_of([r.get(k) for r in group]) for k in NUMERIC}
         summary["failed"] = sum(r["requests"] - r["ok"] for r in group)
+        summary["spread"] = spread([r.get("tok_s") or r.get("req_s") for r in group])
         if any("rss_at" in r for r in group):
             marks = [r["rss_at"] for r in group if "rss_at" in r]
             summary["rss_at"] = {k: statistics.median(m[k] for m in marks) for k in marks[0]}
         result[key] = summary
     return result
+
+
+def spread(values: list[float | None]) -> float | None:
+    """(max - min) / median over the repetitions: how far to trust a difference in the table."""
+    present = [v for v in values if v is not None]
+    if len(present) < 2 or not statistics.median(present):
+        return None
+    return (max(present) - min(present)) / statistics.median(present)
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -346,7 +355,8 @@ def delta_ms(value: float | None, base: float | None) -> str:
 COLUMNS = [
     ("workload", 9, "<"), ("target", 14, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
     ("lat p50", 8, ">"), ("lat p99", 8, ">"), ("TTFT p50", 8, ">"), ("TTFT p99", 8, ">"),
-    ("CPU s/1k", 8, ">"), ("RSS MB", 7, ">"), ("CPU/req", 8, ">"), ("thruput", 8, ">"), ("vs direct", 11, ">"),
+    ("CPU s/1k", 8, ">"), ("RSS MB", 7, ">"), ("spread", 6, ">"),
+    ("CPU/req", 8, ">"), ("thruput", 8, ">"), ("vs direct", 11, ">"),
 ]  # fmt: skip
 
 
@@ -374,7 +384,8 @@ def table(workloads: list[Workload], names: list[str], summary: dict) -> list[st
                 workload.name, name, fmt(s["req_s"]), fmt(s["tok_s"], ".0f"),
                 fmt(s["lat_p50_ms"], ".1f"), fmt(s["lat_p99_ms"], ".1f"),
                 fmt(s["ttft_p50_ms"], ".1f"), fmt(s["ttft_p99_ms"], ".1f"),
-                fmt(s.get("cpu_per_1k"), ".2f"), fmt(s.get("rss_peak_mb"), ".0f"), cpu_ratio, thruput_ratio, vs_direct,
+                fmt(s.get("cpu_per_1k"), ".2f"), fmt(s.get("rss_peak_mb"), ".0f"),
+                fmt(s["spread"] and s["spread"] * 100, ".0f", "%"), cpu_ratio, thruput_ratio, vs_direct,
             ]  # fmt: skip
             if s["failed"]:
                 cells[-1] += f"  ({s['failed']} failed)"
@@ -451,13 +462,16 @@ GOALS = [
 
 
 def goals_report(summary: dict) -> tuple[list[str], list[dict[str, Any]]]:
-    lines = [f"{'goal':<72}  {'rerouter':<30}  {'':<8}  rerouter-nolog (info)"]
+    lines = [f"{'goal':<72}  {'rerouter':<30}  {'':<12}  rerouter-nolog (info)"]
     records = []
     for goal in GOALS:
         mine, nolog = goal.measure(summary, ROUTER), goal.measure(summary, "rerouter-nolog")
-        verdict = "not measured" if mine is None else "met" if goal.met(mine[0]) else "NOT MET"
-        lines.append(f"{goal.text:<72}  {mine[1] if mine else '-':<30}  {verdict:<8}  {nolog[1] if nolog else '-'}")
-        records.append({"goal": goal.text, "rerouter": mine and mine[0], "nolog": nolog and nolog[0], "verdict": verdict})
+        verdict = "not measured" if mine is None else "met" if goal.met(mine[0]) else "not met"
+        shown, shown_nolog = mine[1] if mine else "-", nolog[1] if nolog else "-"
+        lines.append(f"{goal.text:<72}  {shown:<30}  {verdict:<12}  {shown_nolog}")
+        records.append(
+            {"goal": goal.text, "rerouter": mine and mine[0], "nolog": nolog and nolog[0], "verdict": verdict}
+        )
     return lines, records
 
 
@@ -466,10 +480,11 @@ def goals_report(summary: dict) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def machine() -> dict[str, Any]:
-    version = subprocess.run(
-        [str(targets.BIN / "mitmdump"), "--version"], capture_output=True, text=True, timeout=30
-    ).stdout
-    mitmproxy = next((line.split(":", 1)[1].strip() for line in version.splitlines() if line.startswith("Mitmproxy")), "?")
+    """What the figures were measured on (mitmproxy: the one installed next to this Python)."""
+    try:
+        mitmproxy = importlib.metadata.version("mitmproxy")
+    except importlib.metadata.PackageNotFoundError:
+        mitmproxy = "not installed"
     return {
         "date": datetime.date.today().isoformat(),
         "cpus": os.cpu_count(),
@@ -487,6 +502,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workloads", help="comma-separated subset (chat selects chat-c1 and chat-c32)")
     parser.add_argument("--json", type=Path, help="also write every run's raw figures and the medians here")
     return parser.parse_args(argv)
+
+
+@dataclass
+class OtherLoad:
+    """
+    CPU the rest of the machine used during the run: busy time from /proc/stat minus this process
+    and its children. On 2 cores anything else running (tests, a build) shows up in the figures.
+    """
+
+    busy: float = field(default_factory=targets.machine_busy_seconds)
+    own: float = field(default_factory=lambda: sum(os.times()[:2]))
+    started: float = field(default_factory=time.monotonic)
+
+    def seconds(self, children: list[targets.Process]) -> float:
+        """Call before the children stop: their CPU is read from /proc."""
+        ours = sum(os.times()[:2]) - self.own + sum(targets.cpu_seconds(p.pid) for p in children)
+        return targets.machine_busy_seconds() - self.busy - ours
+
+    def share(self, seconds: float) -> float:
+        """As a fraction of the machine's capacity over the run."""
+        return seconds / ((time.monotonic() - self.started) * (os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
@@ -507,13 +543,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     reps = args.reps or (2 if args.quick else 3)
     all_workloads = build_workloads(args.quick)
-    chosen = select(args.workloads, [w.name for w in all_workloads], "workload")
+    chosen = select(args.workloads, [w.name for w in all_workloads], "workload", families=True)
     workloads = [w for w in all_workloads if w.name in chosen]
     names = select(args.targets, list(TARGETS), "target")
     info = machine()
     print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "
           f"{'quick' if args.quick else 'full'} mode, {reps} interleaved repetitions", flush=True)  # fmt: skip
+    for w in workloads:
+        print(f"  {w.name:<10} {w.what}: {w.count} request{'s' if w.count > 1 else ''}")
     started = time.monotonic()
+    other_load = OtherLoad()
     with terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="rerouter-bench-") as tmp:
         bench = Bench(names, Path(tmp))
         try:
@@ -522,6 +561,7 @@ def main(argv: list[str] | None = None) -> int:
                 warm_up_and_check(target)
             print(f"started and warmed up: {', '.join(f'{t.name} :{t.port}' for t in bench.started.values())}")
             runs = run_all(bench, workloads, reps, lambda line: print(line, flush=True))
+            others = other_load.seconds(bench.processes())
         except KeyboardInterrupt:
             print("interrupted: stopping every process started", file=sys.stderr)
             return 130
@@ -538,13 +578,15 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(memory_table(names, summary)))
     print()
     print("\n".join(goal_lines))
-    print(f"\nwall time {wall:.0f} s")
+    print(f"\nwall time {wall:.0f} s; other processes on the machine used {others:.0f} CPU-s meanwhile "
+          f"({other_load.share(others):.0%} of its {os.cpu_count()} CPUs)")
     if args.json:
         payload = {
             "machine": info,
             "mode": "quick" if args.quick else "full",
             "reps": reps,
             "wall_s": wall,
+            "other_cpu_s": others,
             "runs": runs,
             "medians": [{"workload": w, "target": t, **s} for (w, t), s in summary.items()],
             "goals": goal_records,

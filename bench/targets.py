@@ -105,7 +105,11 @@ class Target:
 def start_mock() -> Process:
     """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
     mock = Process("mock upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"])
-    mock.wait_listening(MOCK_LISTENING)
+    try:
+        mock.wait_listening(MOCK_LISTENING)
+    except BaseException:
+        mock.stop()
+        raise
     return mock
 
 
@@ -226,3 +230,11 @@ def wait_idle(pid: int, step: float = 0.05, limit: float = 3.0) -> None:
         if now == before:
             return
         before = now
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores, /proc/stat)."""
+    with open("/proc/stat") as f:
+        ticks = [int(v) for v in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks[:8]) - idle) / CLOCK_TICKS  # guest time is already inside user

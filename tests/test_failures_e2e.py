@@ -133,7 +133,7 @@ BAD_SETTINGS = [
     ("MODEL_MAP", '{"/(a)/": "\\\\2"}', "bad replacement"),
     ("STRIP_THINKING", "maybe", "expected true/false"),
     ("DISABLE_THINKING", "2", "expected true/false"),
-    ("REQUEST_TIMEOUT", "soon", "expected a number"),
+    ("REQUEST_TIMEOUT", "soon", "expected a positive number"),
     ("ENABLE_LOGGING", "sometimes", "expected true/false"),
     ("MAX_LOG_AGE_DAYS", "0", "expected a positive number"),
     ("LOG_MAX_BODY_BYTES", "lots", "expected a number of bytes"),
