@@ -14,6 +14,7 @@ from typing import Protocol
 from thinking import DROP
 from thinking import KEEP
 from thinking import Edit
+from thinking import may_hold_reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -21,9 +22,6 @@ logger = logging.getLogger(__name__)
 # and leaving it out of the pattern lets the regex engine jump from \n to \n.
 _EVENT_END = re.compile(rb"\n\r?\n")
 _LINE = re.compile(rb"[^\n]*\n")
-# What an event must contain to need an edit while no filter holds state.
-# Go's JSON encoder (Ollama) writes `<` as \u003c.
-_EDIT_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
 _IDENTITY = "identity"
 _DECOMPRESSED = ("gzip", "x-gzip", "deflate")
 
@@ -250,7 +248,7 @@ class SSEStream(EventStream):
         self._newline = b"\n"
 
     def _edit(self, event: bytes) -> list[bytes]:
-        if self.editor.idle and not _EDIT_HINT.search(event):
+        if self.editor.idle and not may_hold_reasoning(event):
             return [event]
         body = event.rstrip(b"\r\n")
         lines = body.splitlines()
@@ -300,7 +298,7 @@ class NDJSONStream(EventStream):
         super().__init__(LineFramer(), editor, encoding, on_output)
 
     def _edit(self, line: bytes) -> list[bytes]:
-        if self.editor.idle and not _EDIT_HINT.search(line):
+        if self.editor.idle and not may_hold_reasoning(line):
             return [line]
         content = line.rstrip(b"\r\n")
         obj = _parse(content)

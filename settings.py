@@ -218,16 +218,12 @@ class Settings:
     """
 
     def __init__(self) -> None:
-        self.values: dict[str, Any] = {s.option: s.parse(s.default) for s in SETTINGS}
+        # plain attributes named after the options (self.model_map, ...): read on every request
+        for setting in SETTINGS:
+            setattr(self, setting.option, setting.parse(setting.default))
         self.listen_host: str = LISTEN_HOST.default
         self.listen_port: int = LISTEN_PORT.parse(LISTEN_PORT.default)
         self.is_running = False
-
-    def __getattr__(self, option: str) -> Any:
-        try:
-            return self.__dict__["values"][option]
-        except KeyError:
-            raise AttributeError(option) from None
 
     def load(self, loader) -> None:
         for setting in SETTINGS:
@@ -238,10 +234,8 @@ class Settings:
     def configure(self, updated: set[str]) -> None:
         for setting in SETTINGS:
             if setting.option in updated:
-                value = getattr(ctx.options, setting.option)
-                self.values[setting.option] = self._parse(
-                    setting, value, self.values[setting.option]
-                )
+                text = getattr(ctx.options, setting.option)
+                setattr(self, setting.option, self._parse(setting, text, getattr(self, setting.option)))
 
     def running(self) -> None:
         self.is_running = True

@@ -12,6 +12,7 @@ from rewriting import set_json
 from settings import Settings
 from thinking import OllamaChunkEditor
 from thinking import OpenAIChunkEditor
+from thinking import may_hold_reasoning
 from thinking import strip_response
 
 SSE = "text/event-stream"
@@ -68,6 +69,7 @@ class ThinkStrip:
             flow.request.method != "POST"
             or not 200 <= response.status_code < 300
             or media_type(response) != "application/json"
+            or not may_hold_reasoning(response.get_content(strict=False) or b"")
         ):
             return
         body = json_object(response)

@@ -16,6 +16,10 @@ _OPEN = re.compile(re.escape(OPEN_TAG), re.IGNORECASE | re.ASCII)
 _CLOSE = re.compile(re.escape(CLOSE_TAG), re.IGNORECASE | re.ASCII)
 _WHITESPACE = re.compile(r"\s*")
 
+# What raw JSON must contain to hold a think tag or a reasoning field; Go's JSON encoder
+# (Ollama) writes `<` as \u003c. Without any of these a body or event needs no edit.
+_REASONING_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
+
 _OPENAI_REASONING = ("reasoning_content", "reasoning")
 _OLLAMA_REASONING = ("thinking",)
 
@@ -92,6 +96,11 @@ class ThinkFilter:
         self._held = ""
         self._skip_space = False
         return pending
+
+
+def may_hold_reasoning(raw: bytes) -> bool:
+    """A cheap look at raw JSON bytes, so that most answers and events are never parsed."""
+    return _REASONING_HINT.search(raw) is not None
 
 
 def strip_think(text: str) -> str:

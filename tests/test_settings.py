@@ -140,7 +140,3 @@ class TestSettings:
                 tctx.configure(s, strip_thinking="perhaps")
             assert tctx.options.strip_thinking == "false"
             assert s.strip_thinking is False
-
-    def test_unknown_attribute(self):
-        with pytest.raises(AttributeError):
-            Settings().no_such_setting
