@@ -6,6 +6,7 @@ to a chunk editor as JSON objects, and sent on as soon as they are complete.
 
 import json
 import logging
+import math
 import re
 import zlib
 from collections.abc import Callable
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 # and leaving it out of the pattern lets the regex engine jump from \n to \n.
 _EVENT_END = re.compile(rb"\n\r?\n")
 _LINE = re.compile(rb"[^\n]*\n")
+_LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _IDENTITY = "identity"
 _DECOMPRESSED = ("gzip", "x-gzip", "deflate")
 
@@ -115,26 +117,50 @@ class _Decompressor:
             data, self._head = self._head, b""
             zlib_header = data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
             self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        return self._zlib.decompress(data)
+        plain = self._zlib.decompress(data)
+        # a gzip body may hold several members one after the other: each needs a fresh decoder
+        while self._zlib.eof and self._zlib.unused_data:
+            rest = self._zlib.unused_data
+            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            plain += self._zlib.decompress(rest)
+        return plain
 
     def flush(self) -> bytes:
         return b"" if self._zlib is None else self._zlib.flush()
 
 
 def _parse(payload: bytes) -> dict | None:
+    """The event's JSON object, or None for anything else: such events pass through as they came."""
     try:
         obj = json.loads(payload.decode())
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return obj if isinstance(obj, dict) else None
 
 
+def _finite(value: object) -> object:
+    """JSON has no Infinity: a number too large for a float (1e400) is written as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    return value
+
+
 def _dumps(obj: dict) -> bytes:
     try:
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"))
+    # line breaks to readers that split like str.splitlines() (httpx's iter_lines, so the ollama client)
+    text = text.translate(_LINE_BREAKS)
+    try:
+        return text.encode()
     except UnicodeEncodeError:
         # lone surrogates, decoded from \ud800-style escapes, have no UTF-8 form
-        return json.dumps(obj, separators=(",", ":")).encode()
+        return json.dumps(json.loads(text), separators=(",", ":")).encode()
 
 
 class EventStream:
@@ -184,12 +210,12 @@ class EventStream:
             plain = self._decompress(data)
         except zlib.error:
             self._decompressor = None
-            return self._give_up([data])
+            return self._give_up([]) + [data]  # what the framer holds came before this read
         if not self._editing:
             return [plain]
         events = self._framer.feed(plain)
-        if not data:
-            events.append(self._framer.rest())
+        if not data and (rest := self._framer.rest()):
+            events.append(rest)
         output: list[bytes] = []
         for i, event in enumerate(events):
             try:

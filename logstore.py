@@ -499,7 +499,8 @@ class Writer:
 
     def _connection(self) -> sqlite3.Connection:
         """Reopens the file when it was deleted or replaced: the old connection would write into the void."""
-        if self._conn is not None and file_identity(self.path) != self._identity:
+        # an identity of None means the file vanished while it was being opened: open it again
+        if self._conn is not None and (self._identity is None or file_identity(self.path) != self._identity):
             logger.warning("request log %s was removed or replaced; opening it again", self.path)
             self._disconnect()
         if self._conn is None:

@@ -101,7 +101,7 @@ def build_workloads(quick: bool) -> list[Workload]:
 
     plain = "".join(words("tok", 200)).lstrip()
     thinking = think_tokens()
-    slow_tokens = n(40, 8)
+    slow_tokens = n(30, 8)
     big_repeat = 50_000_000 // BIG_EVENT_BYTES
     return [
         Workload("chat-c1", "non-streamed chat, 1 client", "/v1/chat/completions", "json",
@@ -111,7 +111,7 @@ def build_workloads(quick: bool) -> list[Workload]:
         Workload("stream200", "SSE chat, 200 tokens, 16 clients", "/v1/chat/completions", "sse",
                  chat(True), {"text": plain}, n(160, 48), 16, tokens=200),
         Workload("ttft", "SSE chat, 20 ms between tokens, 4 clients", "/v1/chat/completions", "sse",
-                 chat(True), {"text": "".join(words("tok", 8)).lstrip(), "delay": 0.02}, n(60, 16), 4, tokens=8),
+                 chat(True), {"text": "".join(words("tok", 8)).lstrip(), "delay": 0.02}, n(48, 16), 4, tokens=8),
         Workload("think", "SSE chat opening with a split think block, 16 clients", "/v1/chat/completions", "sse",
                  chat(True), {"tokens": thinking}, n(160, 48), 16, tokens=len(thinking)),
         Workload("ollama", "Ollama NDJSON /api/chat with a think block, 16 clients", "/api/chat", "ndjson",
@@ -153,6 +153,10 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'s' if count != 1 else ''}"
+
+
 def ms(value: float | None) -> float | None:
     return None if value is None else value * 1000
 
@@ -173,8 +177,8 @@ def measure(target: targets.Target, workload: Workload) -> dict[str, Any]:
     with sampler or contextlib.nullcontext():
         try:
             result = loadgen.run_in_loop(load)
-        except TimeoutError:
-            result = loadgen.LoadResult([loadgen.Outcome(False, 0.0, error="workload timed out")])
+        except (TimeoutError, OSError) as exc:  # timed out, or the proxy no longer accepts connections
+            result = loadgen.LoadResult([loadgen.Outcome(False, 0.0, error=repr(exc))])
         if process:
             targets.wait_idle(process.pid)
     ok = result.succeeded
@@ -497,7 +501,7 @@ def machine() -> dict[str, Any]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute: smaller counts, 2 repetitions")
-    parser.add_argument("--reps", type=int, help="repetitions (default 3, 2 with --quick)")
+    parser.add_argument("--reps", type=int, help="repetitions (default 4, 2 with --quick)")
     parser.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--workloads", help="comma-separated subset (chat selects chat-c1 and chat-c32)")
     parser.add_argument("--json", type=Path, help="also write every run's raw figures and the medians here")
@@ -541,16 +545,16 @@ def terminate_as_interrupt() -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    reps = args.reps or (2 if args.quick else 3)
+    reps = args.reps or (2 if args.quick else 4)
     all_workloads = build_workloads(args.quick)
     chosen = select(args.workloads, [w.name for w in all_workloads], "workload", families=True)
     workloads = [w for w in all_workloads if w.name in chosen]
     names = select(args.targets, list(TARGETS), "target")
     info = machine()
     print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "
-          f"{'quick' if args.quick else 'full'} mode, {reps} interleaved repetitions", flush=True)  # fmt: skip
+          f"{'quick' if args.quick else 'full'} mode, {plural(reps, 'repetition')}, interleaved", flush=True)  # fmt: skip
     for w in workloads:
-        print(f"  {w.name:<10} {w.what}: {w.count} request{'s' if w.count > 1 else ''}")
+        print(f"  {w.name:<10} {w.what}: {plural(w.count, 'request')}")
     started = time.monotonic()
     other_load = OtherLoad()
     with terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="rerouter-bench-") as tmp:
@@ -571,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = medians(runs)
     goal_lines, goal_records = goals_report(summary)
     print()
-    print(f"medians of {reps} repetitions; ratios vs {BASELINE} (CPU per request; tokens/s for streams, "
+    print(f"medians of {plural(reps, 'repetition')}; ratios vs {BASELINE} (CPU per request; tokens/s for streams, "
           f"requests/s otherwise); vs direct: TTFT p50 for streams, latency p50 otherwise; times in ms")  # fmt: skip
     print("\n".join(table(workloads, names, summary)))
     if any(w.track_memory for w in workloads):

@@ -2,13 +2,15 @@
 The processes the benchmark starts (mock upstream, bare mitmdump, the rerouter) and what it
 reads about them from /proc: CPU seconds and resident memory.
 
-Every process listens on port 0 and its port is read from its own startup line, so nothing
-depends on a fixed port being free. Each one is stopped by its own pid when the run ends.
+Every process listens on 127.0.0.1, port 0, and the port it got is read from its startup line
+(the mock) or from /proc (the proxies, which run quiet), so nothing depends on a fixed port being
+free. Each one is stopped by its own pid when the run ends.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import subprocess
@@ -17,11 +19,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MOCK_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
-PROXY_LISTENING = re.compile(r"listening at ([\d.]+):(\d+)")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Every variable the rerouter reads: inherited values must not leak into the benchmark.
 REROUTER_ENV = (
@@ -29,9 +31,12 @@ REROUTER_ENV = (
     "REQUEST_TIMEOUT", "ENABLE_LOGGING", "DB_PATH", "MAX_LOG_AGE_DAYS", "LOG_MAX_BODY_BYTES",
     "LISTEN_HOST", "LISTEN_PORT",
 )  # fmt: skip
-# Flow lines cost CPU (one print per request); flow_detail=0 turns them off for both proxies.
-# -q would too, but it also hides the "listening at" line the port is read from.
-QUIET = ["--set", "flow_detail=0"]
+# Output costs the proxies CPU, and unequally: mitmdump prints a flow line per request, plus
+# "Streaming request/response" info lines per streamed body (every body, with stream_large_bodies=1),
+# where the rerouter prints one per streamed response. So both run without flow lines and with
+# warnings and errors only; that also hides mitmproxy's "listening at" line (like -q does), so
+# the port a proxy got is read from /proc instead (`listening_port`).
+QUIET = ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
 
 
 class Process:
@@ -62,19 +67,36 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
-    def wait_listening(self, pattern: re.Pattern[str], timeout: float = 30.0) -> tuple[str, int]:
-        """The (host, port) from the first output line matching `pattern`."""
+    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 30.0) -> tuple[str, int]:
+        """The (host, port) in the first output line matching `pattern`: how the mock says it listens."""
         self._pattern = pattern
         self._reader.start()
         if not self._ready.wait(timeout) or self.address is None:
-            raise RuntimeError(f"{self.name} did not start: {self.argv}\n" + "\n".join(self.tail))
+            self._fail()
+        assert self.address is not None
         return self.address
 
+    def wait_for_socket(self, timeout: float = 30.0) -> tuple[str, int]:
+        """The process's own TCP socket listening on 127.0.0.1, as /proc shows it: how a quiet proxy is found."""
+        self._reader.start()
+        deadline = time.monotonic() + timeout
+        while self.popen.poll() is None and time.monotonic() < deadline:
+            port = listening_port(self.pid)
+            if port is not None:
+                self.address = ("127.0.0.1", port)
+                return self.address
+            time.sleep(0.05)
+        self._fail()
+
+    def _fail(self) -> NoReturn:
+        self._reader.join(0.5)  # the last words of a process that just died
+        raise RuntimeError(f"{self.name} did not start: {self.argv}\n" + "\n".join(self.tail))
+
     def _drain(self) -> None:
-        assert self.popen.stdout is not None and self._pattern is not None
+        assert self.popen.stdout is not None
         for line in self.popen.stdout:
             self.tail.append(line.rstrip("\n"))
-            if self.address is None and (match := self._pattern.search(line)):
+            if self._pattern and self.address is None and (match := self._pattern.search(line)):
                 self.address = (match.group(1), int(match.group(2)))
                 self._ready.set()
         self._ready.set()  # exited: wake the waiter, which sees no address
@@ -106,7 +128,7 @@ def start_mock() -> Process:
     """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
     mock = Process("mock upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"])
     try:
-        mock.wait_listening(MOCK_LISTENING)
+        mock.wait_for_line(MOCK_LISTENING)
     except BaseException:
         mock.stop()
         raise
@@ -150,7 +172,7 @@ def start_target(name: str, upstream: str, workdir: Path) -> Target:
     else:
         raise ValueError(f"unknown target {name!r}")
     try:
-        host, port = process.wait_listening(PROXY_LISTENING)
+        host, port = process.wait_for_socket()
     except BaseException:
         process.stop()
         raise
@@ -158,6 +180,28 @@ def start_target(name: str, upstream: str, workdir: Path) -> Target:
 
 
 # /proc readings ------------------------------------------------------------------------------
+
+
+def listening_port(pid: int) -> int | None:
+    """The port of a TCP socket of `pid` listening on 127.0.0.1, if it has one yet."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        sockets = set()
+        for fd in fds:
+            with contextlib.suppress(OSError):  # closed meanwhile
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    sockets.add(link[8:-1])
+        with open(f"/proc/{pid}/net/tcp") as f:
+            rows = [line.split() for line in f.readlines()[1:]]
+    except OSError:
+        return None
+    for row in rows:
+        local, state, inode = row[1], row[3], row[9]
+        address, port = local.split(":")
+        if state == "0A" and inode in sockets and address == "0100007F":  # LISTEN on 127.0.0.1
+            return int(port, 16)
+    return None
 
 
 def cpu_seconds(pid: int) -> float:

@@ -48,6 +48,7 @@ KNOWN = {
     "raw-separators",  # U+2028, U+2029, U+0085 in answer text
     # check switches: the harness still produces the input but skips this check
     "zlib-order",  # order of the output when a compressed body turns out to be corrupt
+    "extra-blank",  # an empty SSE event / NDJSON line sent before the carriers at the end
 }
 IGNORED = {name for name in os.environ.get("FUZZ_KNOWN", "").split(",") if name}
 unknown = IGNORED - KNOWN
@@ -72,11 +73,16 @@ class Case:
         lines = []
         for key, value in self.fields.items():
             text = repr(value)
-            lines.append(f"  {key} = {text if len(text) <= 3000 else text[:3000] + '...'}")
+            lines.append(f"  {key} = {text if len(text) <= 1500 else text[:1500] + '...'}")
         return "\n".join(lines)
 
 
 CASE = Case()
+
+
+def short(data) -> str:
+    text = repr(data)
+    return text if len(text) <= 1500 else text[:1500] + "..."
 
 
 def check(condition: bool, tag: str, message: str) -> None:
@@ -116,6 +122,11 @@ FRAGMENTS = [
     "\u2028", "\u2029", "\x85", "data: ", "[DONE]", "reasoning", "thinking",
 ]  # fmt: skip
 SEPARATORS = ("\u2028", "\u2029", "\x85")
+
+
+def one_in(fdp, n: int) -> bool:
+    """True with probability 1/n; False once the input is used up (the provider then gives minimums)."""
+    return fdp.ConsumeIntInRange(0, n - 1) == n - 1
 
 
 def fuzz_text(fdp, max_pieces: int) -> str:
@@ -247,18 +258,20 @@ class Stream:
 
 
 def _maybe_extras(fdp, obj: dict) -> None:
-    while fdp.ConsumeIntInRange(0, 3) == 0:
+    for _ in range(3):
+        if not one_in(fdp, 4):
+            break
         obj[fdp.PickValueInList(["x_extra", "system_fingerprint", "service_tier", "x"])] = extra_value(fdp)
 
 
 def build_openai(fdp, boom: bool) -> Stream:
     style = Style(fdp, sse=True)
-    chat = fdp.ConsumeIntInRange(0, 3) != 0
+    chat = not one_in(fdp, 4)
     n = fdp.ConsumeIntInRange(1, 3)
     omit_index = n == 1 and fdp.ConsumeBool()
     model = fdp.PickValueInList(["qwen3", "deepseek-r1", "", "<think>"])
     queues = [[fuzz_text(fdp, 3) for _ in range(fdp.ConsumeIntInRange(0, 6))] for _ in range(n)]
-    crlf = fdp.ConsumeIntInRange(0, 3) == 0
+    crlf = one_in(fdp, 4)
     stream = Stream()
     objects = []  # (kind, payload or bytes)
 
@@ -270,7 +283,7 @@ def build_openai(fdp, boom: bool) -> Stream:
             "model": model,
             "choices": choices,
         }
-        if usage is not None or fdp.ConsumeIntInRange(0, 7) == 0:
+        if usage is not None or one_in(fdp, 8):
             obj["usage"] = usage
         _maybe_extras(fdp, obj)
         return obj
@@ -283,10 +296,12 @@ def build_openai(fdp, boom: bool) -> Stream:
                 delta["role"] = "assistant"
             if token is not None:
                 delta["content"] = token
-            if fdp.ConsumeIntInRange(0, 4) == 0:
-                value = None if fdp.ConsumeIntInRange(0, 3) == 0 else fuzz_text(fdp, 3)
+            elif one_in(fdp, 8):
+                delta["content"] = fdp.PickValueInList([0, [], {"text": "<think>"}])
+            if one_in(fdp, 5):
+                value = None if one_in(fdp, 4) else fuzz_text(fdp, 3)
                 delta[fdp.PickValueInList(["reasoning_content", "reasoning"])] = value
-            if fdp.ConsumeIntInRange(0, 15) == 0:
+            if one_in(fdp, 16):
                 delta["tool_calls"] = [
                     {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": fuzz_text(fdp, 3)}}
                 ]
@@ -328,10 +343,12 @@ def build_openai(fdp, boom: bool) -> Stream:
             role = chat and not started[index] and fdp.ConsumeBool()
             started[index] = True
             finish = None
-            if not queues[index] and fdp.ConsumeIntInRange(0, 3) == 0:
+            if not queues[index] and one_in(fdp, 4):
                 finish = fdp.PickValueInList(["stop", "length"])
                 finished[index] = True
             choices.append(choice(index, token, role, finish))
+        if one_in(fdp, 16):
+            choices.append(None)  # not a dict: carried through untouched
         objects.append(("json", chunk(choices)))
     for index in range(n):
         if not finished[index] and fdp.ConsumeBool():
@@ -344,7 +361,7 @@ def build_openai(fdp, boom: bool) -> Stream:
         if content:
             stream.boom_index = fdp.PickValueInList(content)
             objects[stream.boom_index][1]["boom"] = "<"
-    if fdp.ConsumeIntInRange(0, 3) != 0:
+    if not one_in(fdp, 4):
         objects.append(("data", b"[DONE]"))
 
     for kind, obj in objects:
@@ -354,12 +371,12 @@ def build_openai(fdp, boom: bool) -> Stream:
         if kind == "comment":
             lines.append(obj)
         else:
-            if fdp.ConsumeIntInRange(0, 7) == 0:
+            if one_in(fdp, 8):
                 lines.append(fdp.PickValueInList([b"event: completion", b"id: 7", b": note <think>"]))
             payload = obj if kind == "data" else style.dumps(obj).encode()
-            prefix = b"data:" if fdp.ConsumeIntInRange(0, 5) == 0 else b"data: "
+            prefix = b"data:" if one_in(fdp, 6) else b"data: "
             lines += [prefix + line for line in payload.split(b"\n")]
-            if fdp.ConsumeIntInRange(0, 15) == 0:
+            if one_in(fdp, 16):
                 lines.append(b"retry: 5")
         stream.events.append(nl.join(lines) + end)
     return stream
@@ -369,20 +386,20 @@ def build_ollama(fdp, boom: bool) -> Stream:
     style = Style(fdp, sse=False)
     chat = fdp.ConsumeBool()
     tokens = [fuzz_text(fdp, 3) for _ in range(fdp.ConsumeIntInRange(0, 10))]
-    crlf = fdp.ConsumeIntInRange(0, 3) == 0
+    crlf = one_in(fdp, 4)
     stream = Stream()
     objects = []
 
     def line(token, done: bool) -> dict:
         obj: dict = {"model": "qwen3", "created_at": "2026-11-21T00:00:00Z"}
         thinking = None
-        if fdp.ConsumeIntInRange(0, 4) == 0:
-            thinking = None if fdp.ConsumeIntInRange(0, 3) == 0 else fuzz_text(fdp, 3)
+        if one_in(fdp, 5):
+            thinking = None if one_in(fdp, 4) else fuzz_text(fdp, 3)
         if chat:
             message: dict = {"role": "assistant", "content": token}
-            if thinking is not None or fdp.ConsumeIntInRange(0, 5) == 0:
+            if thinking is not None or one_in(fdp, 6):
                 message["thinking"] = thinking
-            if fdp.ConsumeIntInRange(0, 15) == 0:
+            if one_in(fdp, 16):
                 message["tool_calls"] = [{"function": {"name": "f", "arguments": {"q": fuzz_text(fdp, 2)}}}]
             obj["message"] = message
         else:
@@ -402,7 +419,7 @@ def build_ollama(fdp, boom: bool) -> Stream:
         elif roll == 1:
             objects.append(("json", {"status": fuzz_text(fdp, 2)}))
         objects.append(("json", line(token, False)))
-    if fdp.ConsumeIntInRange(0, 3) != 0:
+    if not one_in(fdp, 4):
         objects.append(("json", line(fdp.PickValueInList(["", fuzz_text(fdp, 2)]), True)))
     if boom:
         content = [i for i, (kind, obj) in enumerate(objects) if kind == "json" and ("message" in obj or "response" in obj)]
@@ -411,7 +428,7 @@ def build_ollama(fdp, boom: bool) -> Stream:
             objects[stream.boom_index][1]["boom"] = "<"
     for kind, obj in objects:
         payload = obj if kind == "raw" else style.dumps(obj).encode()
-        stream.events.append(payload + (b"\r\n" if crlf and fdp.ConsumeIntInRange(0, 7) != 0 else b"\n"))
+        stream.events.append(payload + (b"\r\n" if crlf and not one_in(fdp, 8) else b"\n"))
     return stream
 
 
@@ -431,13 +448,20 @@ class TooDeep(Exception):
     pass
 
 
-def _parse(payload: bytes):
+def _parse(payload: bytes, reading=None):
     try:
         return _strict_loads(payload)
     except RecursionError:
         raise TooDeep from None
     except ValueError:
-        return None
+        pass
+    if reading is not None:
+        try:
+            json.loads(payload)
+            reading.not_json.append(payload)
+        except (ValueError, RecursionError):
+            pass
+    return None
 
 
 def split_events(data: bytes, sse: bool) -> tuple[list[bytes], bytes]:
@@ -464,6 +488,7 @@ class Reading:
         self.passed: list[bytes] = []  # events the editor must leave alone, stripped of their line ends
         self.reasoning: list[str] = []  # reasoning fields that are not null
         self.json_events = 0
+        self.not_json: list[bytes] = []  # payloads only a lenient reader takes (NaN, Infinity)
 
     def text(self, index: int) -> str:
         return "".join(self.texts.get(index, []))
@@ -490,7 +515,7 @@ def read_sse(data: bytes, allow_tail: bool) -> Reading:
         if payload == b"[DONE]":
             reading.done += 1
             continue
-        obj = _parse(payload)
+        obj = _parse(payload, reading)
         if not isinstance(obj, dict) or not isinstance(obj.get("choices"), list) or not obj["choices"]:
             reading.passed.append(body)
             if isinstance(obj, dict) and obj.get("usage") is not None:
@@ -500,6 +525,8 @@ def read_sse(data: bytes, allow_tail: bool) -> Reading:
         if obj.get("usage") is not None:
             reading.usage += 1
         for choice in obj["choices"]:
+            if not isinstance(choice, dict):
+                continue
             index = _index(choice)
             delta = choice.get("delta")
             if isinstance(delta, dict):
@@ -526,7 +553,7 @@ def read_ndjson(data: bytes, allow_tail: bool) -> Reading:
     reading = Reading()
     for line in lines:
         body = line.rstrip(b"\r\n")
-        obj = _parse(body)
+        obj = _parse(body, reading)
         if not isinstance(obj, dict):
             reading.passed.append(body)
             continue
@@ -586,7 +613,7 @@ def pick_encoding(fdp) -> str:
 
 
 def chunk_sizes(fdp, length: int) -> list[int]:
-    if fdp.ConsumeIntInRange(0, 7) == 0:
+    if one_in(fdp, 8):
         return [max(length, 1)]
     return [fdp.ConsumeIntInRange(1, fdp.PickValueInList([1, 3, 8, 64, 512])) for _ in range(fdp.ConsumeIntInRange(1, 6))]
 
@@ -635,22 +662,25 @@ def run_stream(sse: bool, editor, encoding: str, pieces: list[bytes]) -> Run:
 
 
 def reference_plain(body: bytes, encoding: str) -> bytes:
-    """Best-effort decoding of the whole body, only for bounding the output's size."""
+    """Best-effort decoding of the whole body, read by read, keeping what came out before any error;
+    only for bounding the output's size."""
     if encoding in ("identity", None):
         return body
-    out = b""
+    out = []
     rest = body
     for _ in range(64):
         wbits = 16 + zlib.MAX_WBITS if "gzip" in encoding else (zlib.MAX_WBITS | 32 if rest[:1] == b"x" else -zlib.MAX_WBITS)
         decompressor = zlib.decompressobj(wbits)
         try:
-            out += decompressor.decompress(rest) + decompressor.flush()
+            for pos in range(0, len(rest), 16):
+                out.append(decompressor.decompress(rest[pos : pos + 16]))
+            out.append(decompressor.flush())
         except zlib.error:
             break
         rest = decompressor.unused_data
         if not rest:
             break
-    return out
+    return b"".join(out)
 
 
 def check_bound(run: Run, body: bytes, plain: bytes) -> None:
@@ -676,12 +706,24 @@ class BoomOllama(OllamaChunkEditor):
         return super().edit(event)
 
 
+def parses(event: bytes) -> bool:
+    """Whether the editor gets to see this event: one nested too deep to parse passes through unedited."""
+    payload = event.strip().removeprefix(b"data:").strip()
+    try:
+        json.loads(payload)
+    except RecursionError:
+        return False
+    except ValueError:
+        pass
+    return True
+
+
 def structured_target(fdp) -> None:
     sse = fdp.ConsumeBool()
-    boom = fdp.ConsumeIntInRange(0, 7) == 0
+    boom = one_in(fdp, 8)
     stream = build_openai(fdp, boom) if sse else build_ollama(fdp, boom)
     truncate = 0
-    if stream.events and fdp.ConsumeIntInRange(0, 5) == 0:
+    if stream.events and one_in(fdp, 6):
         last = stream.events[-1]
         ending = len(last) - len(last.rstrip(b"\r\n"))
         truncate = fdp.ConsumeIntInRange(1, max(ending, 1))
@@ -704,13 +746,13 @@ def structured_target(fdp) -> None:
     run = run_stream(sse, editor, header, cut(body, sizes))
     check_bound(run, body, plain)
 
-    if stream.boom_index is not None:
+    if stream.boom_index is not None and parses(stream.events[stream.boom_index]):
         rest = plain[stream.offset_of(stream.boom_index) :]
-        check(run.data.endswith(rest), "give-up-loses", f"after the editor failed the rest was not passed on as it came:\n  output = {run.data!r}")
+        check(run.data.endswith(rest), "give-up-loses", f"after the editor failed the rest was not passed on as it came:\n  output = {short(run.data)}")
         return
 
     other = [name for _, name in run.give_ups]
-    check(not other, "gives-up", f"gave up editing a well-formed stream: {other}\n  output = {run.data!r}")
+    check(not other, "gives-up", f"gave up editing a well-formed stream: {other}\n  output = {short(run.data)}")
 
     read = read_sse if sse else read_ndjson
     try:
@@ -721,7 +763,8 @@ def structured_target(fdp) -> None:
         got = read(run.data, allow_tail=truncate > 0)
     except TooDeep:
         raise Finding(f"[too-deep] output nests deeper than its input\n{CASE}") from None
-    out = f"\n  output = {run.data!r}"
+    out = f"\n  output = {short(run.data)}"
+    check(got.not_json == expected.not_json, "invalid-json", f"events whose data is not JSON (NaN/Infinity): {short(got.not_json)}{out}")
     indexes = set(expected.texts) | set(got.texts)
     for index in sorted(indexes):
         want = strip_think(expected.text(index))
@@ -731,7 +774,9 @@ def structured_target(fdp) -> None:
     check(got.done == expected.done, "done-lost", f"{got.done} [DONE]/done:true, input had {expected.done}{out}")
     check(got.roles == expected.roles, "role-lost", f"role deltas {got.roles}, input had {expected.roles}{out}")
     check(got.tool_calls == expected.tool_calls, "tool-calls-lost", f"{got.tool_calls} tool_calls, input had {expected.tool_calls}{out}")
-    check(got.passed == expected.passed, "passed-changed", f"events that must pass unchanged differ:\n  got {got.passed!r}\n  want {expected.passed!r}{out}")
+    blanks, want_blanks = got.passed.count(b""), expected.passed.count(b"")
+    check(blanks == want_blanks, "extra-blank", f"{blanks} empty events/lines, input had {want_blanks}{out}")
+    check([p for p in got.passed if p] == [p for p in expected.passed if p], "passed-changed", f"events that must pass unchanged differ:\n  got {got.passed!r}\n  want {expected.passed!r}{out}")
     check(not got.reasoning, "reasoning-kept", f"reasoning fields {got.reasoning} reached the client{out}")
     want_stripped = bool(expected.reasoning) or any(
         _filter_stripped(expected.text(index)) for index in expected.texts
@@ -798,13 +843,13 @@ def raw_target(fdp) -> None:
         plain = bytes(plain)
     events = split_events(plain, sse)[0] + [split_events(plain, sse)[1]]
     body, header = encode(events, encoding)
-    corrupt = encoding != "identity" and fdp.ConsumeIntInRange(0, 2) == 0 and body
+    corrupt = encoding != "identity" and one_in(fdp, 3) and body
     if corrupt:
         body = bytearray(body)
         pos = fdp.ConsumeIntInRange(0, len(body) - 1)
         body[pos] ^= fdp.ConsumeIntInRange(1, 255)
         body = bytes(body)
-    if encoding != "identity" and fdp.ConsumeIntInRange(0, 7) == 0:
+    if encoding != "identity" and one_in(fdp, 8):
         body = fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 300))  # not compressed at all
     sizes = chunk_sizes(fdp, len(body))
     CASE["target"] = "raw " + ("sse/OpenAIChunkEditor" if sse else "ndjson/OllamaChunkEditor")
@@ -818,16 +863,16 @@ def raw_target(fdp) -> None:
     check_bound(run, body, reference_plain(body, header))
 
     if header == "identity" and not HINT.search(body):
-        check(run.data == body, "pass-through", f"a stream with nothing to edit came out changed:\n  output = {run.data!r}")
+        check(run.data == body, "pass-through", f"a stream with nothing to edit came out changed:\n  output = {short(run.data)}")
 
     whole = run_stream(sse, OpenAIChunkEditor() if sse else OllamaChunkEditor(), header, [body] if body else [])
     zlib_failed = any(name == "error" for _, name in run.give_ups + whole.give_ups)
     if not zlib_failed:
-        check(run.data == whole.data, "chunking", f"output depends on the chunking:\n  chunked = {run.data!r}\n  whole   = {whole.data!r}")
+        check(run.data == whole.data, "chunking", f"output depends on the chunking:\n  chunked = {short(run.data)}\n  whole   = {short(whole.data)}")
     for call, name in run.give_ups:
         if name == "error":  # zlib.error: the body from the failing read on must end the output, as it came
             rest = b"".join(pieces[call:])
-            check(run.data.endswith(rest), "zlib-order", f"corrupt body at read {call}: its raw bytes do not end the output:\n  output = {run.data!r}")
+            check(run.data.endswith(rest), "zlib-order", f"corrupt body at read {call}: its raw bytes do not end the output:\n  output = {short(run.data)}")
 
 
 def framer_target(fdp) -> None:
@@ -894,6 +939,9 @@ def think_target(fdp) -> None:
     if reasoning:
         body["choices"][0]["message"]["reasoning_content"] = "r"
         body["message"]["thinking"] = "t"
+    check(strip_response(fdp.PickValueInList([None, [], "<think>x</think>", 3])) is False, "strip-response", "non-dict body")
+    odd = {"choices": [{"message": {"content": 5}, "text": None}], "message": {"content": ["<think>"]}, "response": None}
+    check(strip_response(odd) is False, "strip-response", "non-string fields changed")
     changed = strip_response(body)
     check(body["choices"][0]["message"]["content"] == whole, "strip-response", "choices[0].message.content")
     check(body["choices"][0]["text"] == whole and body["message"]["content"] == whole and body["response"] == whole, "strip-response", "text fields")

@@ -372,3 +372,49 @@ def test_fast_path_skips_parsing():
     run(EventStream.sse(editor), [stream])
     assert editor.edits == 1
     assert editor.edit(chat_chunk("x")) is KEEP
+
+
+class TestFuzzFindings:
+    """Regressions for what fuzz/fuzz_streams.py found (see fuzz/README.md)."""
+
+    @staticmethod
+    def run(stream: EventStream, reads: list[bytes]) -> list[bytes]:
+        out = []
+        for read in [*reads, b""]:
+            out += stream(read)
+        assert all(out)
+        return out
+
+    def test_multi_member_gzip(self):
+        body = gzip.compress(b'{"response":"a","done":false}\n') + gzip.compress(b'{"response":"b","done":true}\n')
+        out = self.run(EventStream.ndjson(OllamaChunkEditor(), "gzip"), [body])
+        assert out == [b'{"response":"a","done":false}\n', b'{"response":"b","done":true}\n']
+
+    def test_corrupt_compression_keeps_byte_order(self, caplog):
+        c = zlib.compressobj(wbits=31)
+        good = c.compress(b'data: {"x":1}\n\ndata: partial') + c.flush(zlib.Z_SYNC_FLUSH)
+        out = self.run(EventStream.sse(OpenAIChunkEditor(), "gzip"), [good, b"\xff\xff\xff\xff"])
+        assert out == [b'data: {"x":1}\n\n', b"data: partial", b"\xff\xff\xff\xff"]
+
+    def test_no_blank_line_before_held_back_text(self):
+        out = self.run(EventStream.ndjson(OllamaChunkEditor()), [b'{"response":"a <","done":false}\n'])
+        assert out == [b'{"response":"a ","done":false}\n', b'{"response":"<","done":false}\n']
+
+    def test_out_of_range_numbers_stay_json(self):
+        event = b'data: {"choices":[{"index":0,"delta":{"content":"<think>x</think>Hi"}}],"x":1e400}\n\n'
+        out = self.run(EventStream.sse(OpenAIChunkEditor()), [event])
+        assert json.loads(out[0][6:]) == {"choices": [{"index": 0, "delta": {"content": "Hi"}}], "x": None}
+
+    def test_deep_nesting_does_not_stop_stripping(self):
+        deep = b"[" * 5000 + b"]" * 5000
+        first = b'data: {"choices":[{"index":0,"delta":{"content":"A"}}],"x":' + deep + b"}\n\n"
+        second = b'data: {"choices":[{"index":0,"delta":{"content":"<think>secret</think>B"}}]}\n\n'
+        out = self.run(EventStream.sse(OpenAIChunkEditor()), [first, second])
+        assert out[0] == first and b"secret" not in out[-1]
+
+    def test_line_separators_stay_escaped(self):
+        line = b'{"model":"m","response":"<think>x</think>a\\u2028b\\u2029c\\u0085d","done":true}\n'
+        out = self.run(EventStream.ndjson(OllamaChunkEditor()), [line])
+        assert out == [b'{"model":"m","response":"a\\u2028b\\u2029c\\u0085d","done":true}\n']
+        assert json.loads(out[0])["response"] == "a\u2028b\u2029c\x85d"
+        assert len(out[0].decode().splitlines()) == 1
