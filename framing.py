@@ -9,7 +9,6 @@ import logging
 import math
 import re
 import zlib
-from collections.abc import Callable
 from typing import Protocol
 
 from thinking import DROP
@@ -27,8 +26,6 @@ _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029"
 _IDENTITY = "identity"
 _DECOMPRESSED = ("gzip", "x-gzip", "deflate")
 
-OutputHook = Callable[[bytes], None]
-"""Called with every bytes element the client is sent."""
 
 
 class ChunkEditor(Protocol):
@@ -177,33 +174,29 @@ class EventStream:
         framer: SSEFramer | LineFramer,
         editor: ChunkEditor,
         encoding: str | None = None,
-        on_output: OutputHook | None = None,
     ) -> None:
         encoding = _normalise(encoding)
         self.editor = editor
         self._framer = framer
         self._decompressor = None if encoding == _IDENTITY else _Decompressor(encoding)
-        self._on_output = on_output
         self._editing = True
 
     @staticmethod
-    def sse(editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> "EventStream":
-        return SSEStream(editor, encoding, on_output)
+    def sse(editor: ChunkEditor, encoding: str | None = None) -> "EventStream":
+        return SSEStream(editor, encoding)
 
     @staticmethod
-    def ndjson(editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> "EventStream":
-        return NDJSONStream(editor, encoding, on_output)
+    def ndjson(editor: ChunkEditor, encoding: str | None = None) -> "EventStream":
+        return NDJSONStream(editor, encoding)
 
     @property
     def stripped(self) -> bool:
         return self.editor.stripped
 
     def __call__(self, data: bytes) -> list[bytes]:
-        output = [chunk for chunk in self._process(data) if chunk]
-        if self._on_output is not None:
-            for chunk in output:
-                self._on_output(chunk)
-        return output
+        """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
+        output = b"".join(self._process(data))
+        return [output] if output else []
 
     def _process(self, data: bytes) -> list[bytes]:
         try:
@@ -217,6 +210,10 @@ class EventStream:
         if not data and (rest := self._framer.rest()):
             events.append(rest)
         output: list[bytes] = []
+        if events and self.editor.idle:
+            block = b"".join(events)
+            if not may_hold_reasoning(block):  # nothing here can touch a think tag: pass it whole
+                events, output = [], [block]
         for i, event in enumerate(events):
             try:
                 output += self._edit(event)
@@ -269,8 +266,8 @@ class EventStream:
 class SSEStream(EventStream):
     """Server-sent events with JSON data, as OpenAI-compatible servers stream them."""
 
-    def __init__(self, editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> None:
-        super().__init__(SSEFramer(), editor, encoding, on_output)
+    def __init__(self, editor: ChunkEditor, encoding: str | None = None) -> None:
+        super().__init__(SSEFramer(), editor, encoding)
         self._newline = b"\n"
 
     def _edit(self, event: bytes) -> list[bytes]:
@@ -320,8 +317,8 @@ def _data_value(line: bytes) -> bytes:
 class NDJSONStream(EventStream):
     """One JSON object per line, as Ollama streams them."""
 
-    def __init__(self, editor: ChunkEditor, encoding: str | None = None, on_output: OutputHook | None = None) -> None:
-        super().__init__(LineFramer(), editor, encoding, on_output)
+    def __init__(self, editor: ChunkEditor, encoding: str | None = None) -> None:
+        super().__init__(LineFramer(), editor, encoding)
 
     def _edit(self, line: bytes) -> list[bytes]:
         if self.editor.idle and not may_hold_reasoning(line):
