@@ -2,7 +2,7 @@
 The rerouter's benchmark: the same load against the mock upstream directly, through bare
 mitmdump and through the rerouter (with and without its request log), in one run.
 
-    python bench/run.py [--quick] [--reps N] [--targets a,b] [--workloads x,y] [--json FILE]
+    python bench/run.py [--quick] [--reps N] [--targets a,b] [--workloads x,y] [--pin] [--json FILE]
 
 Every target is started fresh by this script on a free loopback port, against one mock
 upstream process. Repetitions are interleaved (each repetition runs every workload on every
@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -225,24 +227,57 @@ def memory_over_transfer(progress: loadgen.Progress, sampler: targets.RssSampler
 # The run: processes, warm-up, interleaved repetitions
 
 
+@dataclass(frozen=True)
+class CpuLayout:
+    """
+    Which CPUs the load side (this process and the mock) and the proxies run on; None: anywhere.
+
+    With --pin the proxy under test has a core to itself and the load generator and the mock
+    share the other, so the figures do not depend on how the scheduler paired three busy
+    processes on 2 cores. On the machine measured it changed neither the ratios nor the spread
+    between repetitions noticeably (and it slows `direct`, whose two processes then share one
+    core), so it is off by default.
+    """
+
+    load: set[int] | None = None
+    proxy: set[int] | None = None
+
+    @classmethod
+    def choose(cls, pin: bool) -> CpuLayout:
+        cpus = sorted(os.sched_getaffinity(0))
+        if not pin or len(cpus) < 2:
+            return cls()
+        return cls(load=set(cpus[:-1]), proxy={cpus[-1]})
+
+    def describe(self) -> str:
+        if self.proxy is None:
+            return "not pinned"
+        return f"proxy on CPU {_cpu_list(self.proxy)}, load generator and mock on CPU {_cpu_list(self.load)}"
+
+
+def _cpu_list(cpus: set[int] | None) -> str:
+    return ",".join(map(str, sorted(cpus or ())))
+
+
 @dataclass
 class Bench:
     """Everything one run starts, so that all of it is stopped however the run ends."""
 
     names: list[str]
     workdir: Path
+    cpus: CpuLayout
     mock: targets.Process | None = None
     started: dict[str, targets.Target] = field(default_factory=dict)
 
     def start(self) -> None:
-        self.mock = targets.start_mock()
+        self.mock = targets.start_mock(self.cpus.load)
         host, port = self.mock.address or ("", 0)
         upstream = f"http://{host}:{port}"
         for name in self.names:
             if name == "direct":
                 self.started[name] = targets.Target(name, host, port)
             else:
-                self.started[name] = targets.start_target(name, upstream, self.workdir)
+                self.started[name] = targets.start_target(name, upstream, self.workdir, self.cpus.proxy)
 
     def stop(self) -> None:
         for target in self.started.values():
@@ -251,19 +286,33 @@ class Bench:
         if self.mock:
             self.mock.stop()
 
+    def forget_requests(self) -> None:
+        """
+        Empties the mock's record of the requests it answered (it keeps every one, for tests), so
+        its heap, and the garbage collector's work, stays the same from the first run to the last.
+        """
+        assert self.mock is not None and self.mock.address is not None
+        host, port = self.mock.address
+        request = Request.delete(f"{host}:{port}", "/_mock/requests")
+        status, body = loadgen.run_in_loop(lambda: loadgen.fetch(host, port, request))
+        if status != 200:
+            raise RuntimeError(f"the mock upstream did not clear its request log: HTTP {status} {body[:200]!r}")
+
     def processes(self) -> list[targets.Process]:
         return [p for p in [self.mock, *(t.process for t in self.started.values())] if p]
 
 
-def warm_up_and_check(target: targets.Target) -> None:
+def warm_up_and_check(target: targets.Target, quick: bool) -> None:
     """
-    A few requests of each kind (first-use imports, connections, the database), and a check that
-    the target is set up as meant: the rerouter rewrites the model and strips thinking, the others
-    pass the answer through unchanged.
+    A check that the target is set up as meant (the rerouter rewrites the model and strips
+    thinking, the others pass the answer through unchanged), then a few hundred requests of each
+    kind: first-use imports, the heap, the database file; without them the first repetition
+    of the first workloads is the slowest by up to a third.
     """
     host = f"{target.host}:{target.port}"
     plain = Request.post(host, "/v1/chat/completions", chat(False), {}, "json")
     stream = Request.post(host, "/v1/chat/completions", chat(True), mock_headers(tokens=think_tokens()), "sse")
+    ndjson = Request.post(host, "/api/chat", chat(True), mock_headers(tokens=think_tokens()), "ndjson")
     repeated = Request.post(host, "/v1/chat/completions", chat(True, mock_repeat=3), mock_headers(text="x"), "sse")
 
     async def check() -> None:
@@ -278,8 +327,9 @@ def warm_up_and_check(target: targets.Target) -> None:
         status, body = await loadgen.fetch(target.host, target.port, repeated)
         if body.count(b'"content":"x"') != 3:
             raise RuntimeError(f"the mock upstream ignores mock_repeat: HTTP {status} {body[:300]!r}")
-        for request, count in ((plain, 40), (stream, 8)):
-            result = await loadgen.run_load(target.host, target.port, request, count, 4)
+        for request, count in ((plain, 400), (stream, 48), (ndjson, 32)):
+            count = count // 2 if quick else count
+            result = await loadgen.run_load(target.host, target.port, request, count, 16)
             if result.errors:
                 raise RuntimeError(f"{target.name} fails during warm-up: {result.errors[:3]}")
 
@@ -295,6 +345,7 @@ def run_all(bench: Bench, workloads: list[Workload], reps: int, log: Callable[[s
         for workload in workloads:
             for name in order:
                 figures = measure(bench.started[name], workload)
+                bench.forget_requests()
                 figures["rep"] = rep
                 runs.append(figures)
                 log(progress_line(rep, figures))
@@ -483,6 +534,26 @@ def goals_report(summary: dict) -> tuple[list[str], list[dict[str, Any]]]:
 # Entry point
 
 
+def code_version() -> str:
+    """
+    Which code was measured: the commit, the files changed since, and a digest of the proxy's
+    modules as read now (they are what the proxies import a moment later).
+    """
+    root = targets.ROOT
+    digest = hashlib.sha256()
+    for path in sorted(root.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    try:
+        git = ["git", "-C", str(root)]
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        status = subprocess.run([*git, "status", "--porcelain", "--", "*.py"], capture_output=True, text=True)
+    except (OSError, subprocess.SubprocessError):
+        return f"sources {digest.hexdigest()[:12]}"
+    changed = [line[3:] for line in status.stdout.splitlines() if "/" not in line[3:]]  # the proxy's own modules
+    dirty = f" + uncommitted changes to {', '.join(changed)}" if changed else ""
+    return f"commit {head.stdout.strip() or '?'}{dirty}, sources {digest.hexdigest()[:12]}"
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on (mitmproxy: the one installed next to this Python)."""
     try:
@@ -495,6 +566,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "mitmproxy": mitmproxy,
         "platform": platform.platform(),
+        "code": code_version(),
     }
 
 
@@ -504,6 +576,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, help="repetitions (default 4, 2 with --quick)")
     parser.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGETS)}")
     parser.add_argument("--workloads", help="comma-separated subset (chat selects chat-c1 and chat-c32)")
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the proxies on the last CPU, the load generator and the mock on the others",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's raw figures and the medians here")
     return parser.parse_args(argv)
 
@@ -522,7 +600,7 @@ class OtherLoad:
     def seconds(self, children: list[targets.Process]) -> float:
         """Call before the children stop: their CPU is read from /proc."""
         ours = sum(os.times()[:2]) - self.own + sum(targets.cpu_seconds(p.pid) for p in children)
-        return targets.machine_busy_seconds() - self.busy - ours
+        return max(0.0, targets.machine_busy_seconds() - self.busy - ours)  # ticks: can dip below 0
 
     def share(self, seconds: float) -> float:
         """As a fraction of the machine's capacity over the run."""
@@ -543,26 +621,49 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def print_report(workloads: list[Workload], names: list[str], reps: int, summary: dict, goals: list[str]) -> None:
+    """The tables and the goals, after the run: nothing printed meanwhile competes with the load."""
+    print()
+    print(f"medians of {plural(reps, 'repetition')}; ratios vs {BASELINE}: CPU per request, and tokens/s "
+          f"(streams) or requests/s (chat); vs direct: latency p50 for chat and big50, TTFT p50 otherwise; "
+          f"times in ms")  # fmt: skip
+    print("\n".join(table(workloads, names, summary)))
+    if any(w.track_memory for w in workloads):
+        print("\n".join(memory_table(names, summary)))
+    print()
+    print("\n".join(goals))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     reps = args.reps or (2 if args.quick else 4)
+    if reps < 1:
+        raise SystemExit("--reps must be at least 1")
     all_workloads = build_workloads(args.quick)
     chosen = select(args.workloads, [w.name for w in all_workloads], "workload", families=True)
     workloads = [w for w in all_workloads if w.name in chosen]
     names = select(args.targets, list(TARGETS), "target")
     info = machine()
+    mode = "quick" if args.quick else "full"
     print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "
-          f"{'quick' if args.quick else 'full'} mode, {plural(reps, 'repetition')}, interleaved", flush=True)  # fmt: skip
+          f"{mode} mode, {plural(reps, 'repetition')}, interleaved\ncode: {info['code']}", flush=True)  # fmt: skip
     for w in workloads:
         print(f"  {w.name:<10} {w.what}: {plural(w.count, 'request')}")
     started = time.monotonic()
     other_load = OtherLoad()
-    with terminate_as_interrupt(), tempfile.TemporaryDirectory(prefix="rerouter-bench-") as tmp:
-        bench = Bench(names, Path(tmp))
+    cpus = CpuLayout.choose(args.pin)
+    print(f"CPUs: {cpus.describe()}")
+    with (
+        terminate_as_interrupt(),
+        targets.pinned(cpus.load),
+        tempfile.TemporaryDirectory(prefix="rerouter-bench-") as tmp,
+    ):
+        bench = Bench(names, Path(tmp), cpus)
         try:
             bench.start()
             for target in bench.started.values():
-                warm_up_and_check(target)
+                warm_up_and_check(target, args.quick)
+            bench.forget_requests()
             print(f"started and warmed up: {', '.join(f'{t.name} :{t.port}' for t in bench.started.values())}")
             runs = run_all(bench, workloads, reps, lambda line: print(line, flush=True))
             others = other_load.seconds(bench.processes())
@@ -574,21 +675,15 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.monotonic() - started
     summary = medians(runs)
     goal_lines, goal_records = goals_report(summary)
-    print()
-    print(f"medians of {plural(reps, 'repetition')}; ratios vs {BASELINE} (CPU per request; tokens/s for streams, "
-          f"requests/s otherwise); vs direct: TTFT p50 for streams, latency p50 otherwise; times in ms")  # fmt: skip
-    print("\n".join(table(workloads, names, summary)))
-    if any(w.track_memory for w in workloads):
-        print("\n".join(memory_table(names, summary)))
-    print()
-    print("\n".join(goal_lines))
+    print_report(workloads, names, reps, summary, goal_lines)
     print(f"\nwall time {wall:.0f} s; other processes on the machine used {others:.0f} CPU-s meanwhile "
-          f"({other_load.share(others):.0%} of its {os.cpu_count()} CPUs)")
+          f"({other_load.share(others):.0%} of its {os.cpu_count()} CPUs)")  # fmt: skip
     if args.json:
         payload = {
             "machine": info,
-            "mode": "quick" if args.quick else "full",
+            "mode": mode,
             "reps": reps,
+            "cpus": cpus.describe(),
             "wall_s": wall,
             "other_cpu_s": others,
             "runs": runs,

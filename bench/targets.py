@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -39,10 +40,29 @@ REROUTER_ENV = (
 QUIET = ["--set", "flow_detail=0", "--set", "termlog_verbosity=warn"]
 
 
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """
+    Runs the block on `cpus` only; a child started in it inherits them (from the very first
+    instruction, so also every thread it starts), and the calling thread gets its own set back.
+    """
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 class Process:
     """A child process whose merged output is drained by a thread (the tail is kept for errors)."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str] | None = None, cpus: set[int] | None = None
+    ) -> None:
         self.name = name
         self.argv = argv
         self.tail: collections.deque[str] = collections.deque(maxlen=60)
@@ -51,16 +71,17 @@ class Process:
         self._ready = threading.Event()
         full_env = {k: v for k, v in os.environ.items() if k not in REROUTER_ENV}
         full_env.update(env or {}, PYTHONUNBUFFERED="1")
-        self.popen = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            errors="replace",
-        )
+        with pinned(cpus):
+            self.popen = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                env=full_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
         self._reader = threading.Thread(target=self._drain, name=f"{name}-output", daemon=True)
 
     @property
@@ -124,9 +145,10 @@ class Target:
     process: Process | None = None
 
 
-def start_mock() -> Process:
+def start_mock(cpus: set[int] | None = None) -> Process:
     """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
-    mock = Process("mock upstream", [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"])
+    argv = [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"]
+    mock = Process("mock upstream", argv, cpus=cpus)
     try:
         mock.wait_for_line(MOCK_LISTENING)
     except BaseException:
@@ -160,15 +182,15 @@ def rerouter_env(upstream: str, db_path: Path, logging_on: bool) -> dict[str, st
     }
 
 
-def start_target(name: str, upstream: str, workdir: Path) -> Target:
+def start_target(name: str, upstream: str, workdir: Path, cpus: set[int] | None = None) -> Target:
     """Starts one proxy target (fresh, with its own confdir and database) and waits for its port."""
     confdir = workdir / f"{name}-confdir"
     if name == "mitmdump":
-        process = Process(name, mitmdump_argv(upstream, confdir))
+        process = Process(name, mitmdump_argv(upstream, confdir), cpus=cpus)
     elif name in ("rerouter", "rerouter-nolog"):
         env = rerouter_env(upstream, workdir / f"{name}.db", logging_on=name == "rerouter")
         argv = [sys.executable, str(ROOT / "rerouter_addon.py"), "--set", f"confdir={confdir}", *QUIET]
-        process = Process(name, argv, env)
+        process = Process(name, argv, env, cpus)
     else:
         raise ValueError(f"unknown target {name!r}")
     try:
