@@ -10,7 +10,8 @@ RUN pip install -r requirements.txt
 
 RUN useradd --create-home --uid 10001 rerouter \
     && mkdir /data && chown rerouter /data
-COPY *.py ./
+COPY rerouter_addon.py logstore.py ./
+COPY rerouter/ rerouter/
 COPY dashboard/ dashboard/
 
 # mitmproxy keeps its CA files in ~/.mitmproxy, which is writable for this user.

@@ -18,16 +18,16 @@ import os
 import sys
 
 from dashboard import Dashboard
-from requestlog import RequestLog
-from rewriting import ModelRewrite
-from routing import ReverseProxy
-from settings import LISTEN_HOST
-from settings import LISTEN_PORT
-from settings import SETTINGS
-from settings import UPSTREAM_URL
-from settings import Settings
-from stripping import ThinkStrip
-from upstream_failures import UpstreamFailures
+from rerouter.requestlog import RequestLog
+from rerouter.rewriting import ModelRewrite
+from rerouter.routing import ReverseProxy
+from rerouter.settings import LISTEN_HOST
+from rerouter.settings import LISTEN_PORT
+from rerouter.settings import SETTINGS
+from rerouter.settings import UPSTREAM_URL
+from rerouter.settings import Settings
+from rerouter.stripping import ThinkStrip
+from rerouter.upstream_failures import UpstreamFailures
 
 settings = Settings()
 request_log = RequestLog(settings)

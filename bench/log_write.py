@@ -2,7 +2,7 @@
 What the request log costs per request: time spent on the proxy's event loop in the log's
 hooks, and how many rows per second the writer thread makes durable.
 
-    python bench/log_write.py [--requests 20000]
+    python -m bench.log_write [--requests 20000]
 
 The hooks run on mitmproxy's test flows through the real RequestLog addon and a real
 SQLite file in a temporary directory; nothing here is a test, it only reports.
@@ -17,15 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from mitmproxy import http
+from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons
+from mitmproxy.test import tflow
 
-from mitmproxy import http  # noqa: E402
-from mitmproxy.proxy.mode_specs import ProxyMode  # noqa: E402
-from mitmproxy.test import taddons  # noqa: E402
-from mitmproxy.test import tflow  # noqa: E402
-
-from requestlog import RequestLog  # noqa: E402
-from settings import Settings  # noqa: E402
+from rerouter.requestlog import RequestLog
+from rerouter.settings import Settings
 
 BODY = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
 BURST = 2000  # requests between waits for the writer: its queue holds 10000 items, two per request

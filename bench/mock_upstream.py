@@ -7,18 +7,15 @@ Here a request body field `"mock_repeat": N` repeats the answer's token list N t
 token repeated 25,000 times makes a 50 MB SSE stream of realistic 2 KB events.
 
 It is a launcher, not a fork: the routes and everything else are tests/upstream.py's own, wrapped
-when `main()` runs (never at import). Run as `python bench/mock_upstream.py --port 0`; it prints
+when `main()` runs (never at import). Run as `python -m bench.mock_upstream --port 0`; it prints
 `listening on URL` like the original. If tests/upstream.py gains an `x-mock-repeat` header knob,
 this file can go.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 REPEAT_FIELD = "mock_repeat"
 MAX_REPEAT = 1_000_000
 
@@ -38,7 +35,6 @@ def with_repeat(builder: Callable, answer_type: type) -> Callable:
 
 
 def main() -> None:
-    sys.path.insert(0, str(ROOT))
     from tests import upstream
 
     for key in (("POST", "/v1/chat/completions"), ("POST", "/api/chat")):

@@ -2,7 +2,7 @@
 The rerouter's benchmark: the same load against the mock upstream directly, through bare
 mitmdump and through the rerouter (with and without its request log), in one run.
 
-    python bench/run.py [--quick] [--reps N] [--targets a,b] [--workloads x,y] [--pin] [--json FILE]
+    python -m bench.run [--quick] [--reps N] [--targets a,b] [--workloads x,y] [--pin] [--json FILE]
 
 Every target is started fresh by this script on a free loopback port, against one mock
 upstream process. Repetitions are interleaved (each repetition runs every workload on every
@@ -34,9 +34,10 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-import loadgen
-import targets
-from loadgen import Request
+from bench import loadgen
+from bench import targets
+from bench.loadgen import Request
+from tests.upstream import mock_headers
 
 TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog")
 ROUTER = "rerouter"  # the default configuration, which the goals are about
@@ -69,16 +70,6 @@ class Workload:
 
     def request(self, host: str) -> Request:
         return Request.post(host, self.path, self.body, mock_headers(**self.mock), self.kind)
-
-
-def mock_headers(**options: Any) -> dict[str, str]:
-    """tests/upstream.py's own header builder, imported when first needed (no import-time path edits)."""
-    root = str(targets.ROOT)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from tests.upstream import mock_headers as build
-
-    return build(**options)
 
 
 def words(prefix: str, count: int) -> list[str]:

@@ -147,7 +147,7 @@ class Target:
 
 def start_mock(cpus: set[int] | None = None) -> Process:
     """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
-    argv = [sys.executable, str(ROOT / "bench" / "mock_upstream.py"), "--port", "0"]
+    argv = [sys.executable, "-m", "bench.mock_upstream", "--port", "0"]
     mock = Process("mock upstream", argv, cpus=cpus)
     try:
         mock.wait_for_line(MOCK_LISTENING)

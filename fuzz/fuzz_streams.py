@@ -2,7 +2,7 @@
 """
 Coverage-guided fuzzing of the stream editing code (framing.py, thinking.py) with atheris.
 
-    python fuzz/fuzz_streams.py [CORPUS_DIR ...] [-max_total_time=60] [libFuzzer flags]
+    python -m fuzz.fuzz_streams [CORPUS_DIR ...] [-max_total_time=60] [libFuzzer flags]
 
 Extra flags, taken out before libFuzzer sees the rest:
     -target=all|streams|think   which target(s) the input bytes drive (default: all)
@@ -26,18 +26,16 @@ import zlib
 
 import atheris
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 with atheris.instrument_imports():
-    import framing
-    from framing import EventStream
-    from framing import LineFramer
-    from framing import SSEFramer
-    from thinking import OllamaChunkEditor
-    from thinking import OpenAIChunkEditor
-    from thinking import ThinkFilter
-    from thinking import strip_response
-    from thinking import strip_think
+    from rerouter import framing
+    from rerouter.framing import EventStream
+    from rerouter.framing import LineFramer
+    from rerouter.framing import SSEFramer
+    from rerouter.thinking import OllamaChunkEditor
+    from rerouter.thinking import OpenAIChunkEditor
+    from rerouter.thinking import ThinkFilter
+    from rerouter.thinking import strip_response
+    from rerouter.thinking import strip_think
 
 KNOWN = {
     # generation switches: the harness stops producing inputs of this shape

@@ -14,9 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from settings import LISTEN_HOST
-from settings import LISTEN_PORT
-from settings import SETTINGS
+from rerouter.settings import LISTEN_HOST
+from rerouter.settings import LISTEN_PORT
+from rerouter.settings import SETTINGS
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = str(ROOT / "rerouter_addon.py")

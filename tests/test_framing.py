@@ -9,15 +9,15 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from framing import EventStream
-from framing import LineFramer
-from framing import SSEFramer
-from framing import supports_encoding
+from rerouter.framing import EventStream
+from rerouter.framing import LineFramer
+from rerouter.framing import SSEFramer
+from rerouter.framing import supports_encoding
 from tests.conftest import chat_chunk
-from thinking import KEEP
-from thinking import OllamaChunkEditor
-from thinking import OpenAIChunkEditor
-from thinking import strip_think
+from rerouter.thinking import KEEP
+from rerouter.thinking import OllamaChunkEditor
+from rerouter.thinking import OpenAIChunkEditor
+from rerouter.thinking import strip_think
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
 

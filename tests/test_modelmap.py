@@ -1,8 +1,8 @@
 import pytest
 
-from modelmap import ModelMap
-from modelmap import add_aliases
-from modelmap import append_no_think
+from rerouter.modelmap import ModelMap
+from rerouter.modelmap import add_aliases
+from rerouter.modelmap import append_no_think
 
 
 def mm(mapping: dict) -> ModelMap:

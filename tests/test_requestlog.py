@@ -11,10 +11,10 @@ from mitmproxy.test import taddons
 
 from dashboard import Dashboard
 from dashboard import log_filters
-from requestlog import DeliveredStream
-from requestlog import Inflight
-from requestlog import RequestLog
-from settings import Settings
+from rerouter.requestlog import DeliveredStream
+from rerouter.requestlog import Inflight
+from rerouter.requestlog import RequestLog
+from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start

@@ -3,8 +3,8 @@ import json
 import pytest
 from mitmproxy.test import taddons
 
-from rewriting import ModelRewrite
-from settings import Settings
+from rerouter.rewriting import ModelRewrite
+from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start

@@ -4,9 +4,9 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
-from routing import ReverseProxy
-from routing import is_proxied
-from settings import Settings
+from rerouter.routing import ReverseProxy
+from rerouter.routing import is_proxied
+from rerouter.settings import Settings
 from tests.conftest import reverse_flow
 from tests.conftest import start
 

@@ -4,13 +4,13 @@ import pytest
 from mitmproxy import exceptions
 from mitmproxy.test import taddons
 
-import settings as settings_module
-from settings import Settings
-from settings import Upstream
-from settings import parse_bool
-from settings import parse_port
-from settings import parse_positive
-from settings import parse_upstream
+from rerouter import settings as settings_module
+from rerouter.settings import Settings
+from rerouter.settings import Upstream
+from rerouter.settings import parse_bool
+from rerouter.settings import parse_port
+from rerouter.settings import parse_positive
+from rerouter.settings import parse_upstream
 from tests.conftest import start
 
 

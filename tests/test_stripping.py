@@ -5,9 +5,9 @@ import pytest
 from mitmproxy import http
 from mitmproxy.test import taddons
 
-from framing import EventStream
-from settings import Settings
-from stripping import ThinkStrip
+from rerouter.framing import EventStream
+from rerouter.settings import Settings
+from rerouter.stripping import ThinkStrip
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start

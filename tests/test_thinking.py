@@ -4,14 +4,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thinking import CHANGED
-from thinking import DROP
-from thinking import KEEP
-from thinking import OllamaChunkEditor
-from thinking import OpenAIChunkEditor
-from thinking import ThinkFilter
-from thinking import strip_response
-from thinking import strip_think
+from rerouter.thinking import CHANGED
+from rerouter.thinking import DROP
+from rerouter.thinking import KEEP
+from rerouter.thinking import OllamaChunkEditor
+from rerouter.thinking import OpenAIChunkEditor
+from rerouter.thinking import ThinkFilter
+from rerouter.thinking import strip_response
+from rerouter.thinking import strip_think
 from tests.conftest import chat_chunk
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</thi", "<", ">", " ", "\n", "a", "é", "x y", "think"]

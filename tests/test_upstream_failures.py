@@ -6,12 +6,12 @@ from mitmproxy import http
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons
 
-from settings import Settings
+from rerouter.settings import Settings
 from tests.conftest import reverse_flow
 from tests.conftest import start
-from upstream_failures import CLIENT_GONE
-from upstream_failures import UpstreamFailures
-from upstream_failures import install_error_answers
+from rerouter.upstream_failures import CLIENT_GONE
+from rerouter.upstream_failures import UpstreamFailures
+from rerouter.upstream_failures import install_error_answers
 
 
 @pytest.fixture

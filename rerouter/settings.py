@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
-from modelmap import ModelMap
+from rerouter.modelmap import ModelMap
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
-from settings import Settings
+from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 

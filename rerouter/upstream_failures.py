@@ -19,9 +19,9 @@ from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
-from routing import is_ollama_path
-from routing import is_proxied
-from settings import Settings
+from rerouter.routing import is_ollama_path
+from rerouter.routing import is_proxied
+from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 

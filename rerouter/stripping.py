@@ -4,16 +4,16 @@ Think stripping on responses: plain JSON answers in `response`, live streams in 
 
 from mitmproxy import http
 
-from framing import EventStream
-from framing import supports_encoding
-from rewriting import annotate
-from rewriting import json_object
-from rewriting import set_json
-from settings import Settings
-from thinking import OllamaChunkEditor
-from thinking import OpenAIChunkEditor
-from thinking import may_hold_reasoning
-from thinking import strip_response
+from rerouter.framing import EventStream
+from rerouter.framing import supports_encoding
+from rerouter.rewriting import annotate
+from rerouter.rewriting import json_object
+from rerouter.rewriting import set_json
+from rerouter.settings import Settings
+from rerouter.thinking import OllamaChunkEditor
+from rerouter.thinking import OpenAIChunkEditor
+from rerouter.thinking import may_hold_reasoning
+from rerouter.thinking import strip_response
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"

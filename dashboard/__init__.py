@@ -20,15 +20,15 @@ from urllib.parse import parse_qs
 from mitmproxy import ctx
 from mitmproxy import http
 
-from requestlog import RequestLog
-from routing import is_loopback
-from routing import is_proxied
-from routing import listen_host
-from settings import Settings
+from rerouter.requestlog import RequestLog
+from rerouter.routing import is_loopback
+from rerouter.routing import is_proxied
+from rerouter.routing import listen_host
+from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-PAGES = Path(__file__).resolve().parent / "dashboard"
+PAGES = Path(__file__).resolve().parent
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/dashboard/app.js": ("app.js", "text/javascript; charset=utf-8"),

@@ -8,10 +8,10 @@ from typing import Any
 
 from mitmproxy import http
 
-from modelmap import add_aliases
-from modelmap import append_no_think
-from routing import is_proxied
-from settings import Settings
+from rerouter.modelmap import add_aliases
+from rerouter.modelmap import append_no_think
+from rerouter.routing import is_proxied
+from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 

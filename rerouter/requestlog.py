@@ -17,10 +17,10 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
-from routing import is_ollama_path
-from routing import is_proxied
-from settings import Settings
-from upstream_failures import CLIENT_GONE
+from rerouter.routing import is_ollama_path
+from rerouter.routing import is_proxied
+from rerouter.settings import Settings
+from rerouter.upstream_failures import CLIENT_GONE
 
 logger = logging.getLogger(__name__)
 

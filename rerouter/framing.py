@@ -11,10 +11,10 @@ import re
 import zlib
 from typing import Protocol
 
-from thinking import DROP
-from thinking import KEEP
-from thinking import Edit
-from thinking import may_hold_reasoning
+from rerouter.thinking import DROP
+from rerouter.thinking import KEEP
+from rerouter.thinking import Edit
+from rerouter.thinking import may_hold_reasoning
 
 logger = logging.getLogger(__name__)
 
