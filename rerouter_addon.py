@@ -21,10 +21,7 @@ from dashboard import Dashboard
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
-from rerouter.settings import LISTEN_HOST
-from rerouter.settings import LISTEN_PORT
-from rerouter.settings import SETTINGS
-from rerouter.settings import UPSTREAM_URL
+from rerouter.routing import reverse_defaults
 from rerouter.settings import Settings
 from rerouter.stripping import ThinkStrip
 from rerouter.upstream_failures import UpstreamFailures
@@ -32,8 +29,10 @@ from rerouter.upstream_failures import UpstreamFailures
 settings = Settings()
 request_log = RequestLog(settings)
 
-# Order matters: local routes are answered before anything routes them upstream, and the
-# log comes last, to see the rewritten request and wrap the stream as the client gets it.
+# The order is the way data walks, and it matters: the dashboard answers its local routes before
+# anything could send them upstream; routing picks the upstream before the timeout starts and the
+# rewrite records the model names; the think filter wraps the answer's stream before the log,
+# which comes last so it sees the rewritten request and the stream exactly as the client gets it.
 addons = [
     settings,
     Dashboard(settings, request_log),
@@ -69,17 +68,9 @@ def launch_args(args: list[str]) -> list[str]:
 
     The environment is checked first, so a bad setting stops here, before anything listens.
     """
-    for setting in SETTINGS:
-        setting.read(setting.environ())
-    upstream = UPSTREAM_URL.read(UPSTREAM_URL.environ())
-    ours = {
-        "mode": ["--mode", f"reverse:{upstream.url}"],
-        "listen_host": ["--listen-host", LISTEN_HOST.environ()],
-        "listen_port": ["--listen-port", str(LISTEN_PORT.read(LISTEN_PORT.environ()))],
-        "connection_strategy": ["--set", "connection_strategy=lazy"],
-    }
-    launch = [arg for option, flags in ours.items() if not gives(args, option) for arg in flags]
-    return [*launch, "-s", os.path.abspath(__file__), *args]
+    ours = reverse_defaults(Settings.from_environment(), lambda option: gives(args, option))
+    values = [(option, value) for option, given in ours.items() for value in (given if isinstance(given, list) else [given])]
+    return [*(arg for option, value in values for arg in ("--set", f"{option}={value}")), "-s", os.path.abspath(__file__), *args]
 
 
 def main() -> int:

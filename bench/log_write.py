@@ -22,6 +22,7 @@ from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 
+from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
 from rerouter.settings import Settings
 
@@ -38,7 +39,7 @@ def flows(count: int) -> list[http.HTTPFlow]:
         flow.request.content = BODY
         flow.request.timestamp_start = time.time()
         flow.request.headers["authorization"] = "Bearer sk-secret"
-        flow.metadata.update(requested_model="gpt-4", routed_model="llama3-70b")
+        flow_state(flow).requested_model, flow_state(flow).routed_model = "gpt-4", "llama3-70b"
         made.append(flow)
     return made
 

@@ -20,9 +20,10 @@ from urllib.parse import parse_qs
 from mitmproxy import ctx
 from mitmproxy import http
 
+from rerouter.flows import is_proxied
+from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
-from rerouter.routing import is_proxied
 from rerouter.routing import listen_host
 from rerouter.settings import Settings
 
@@ -129,7 +130,7 @@ class Dashboard:
             except sqlite3.Error as e:
                 logger.warning(f"request log unreadable: {e}")
                 response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
-        flow.metadata["rerouter_local"] = True
+        flow_state(flow).local = True
         flow.response = response
 
     async def _answer(self, path: str, query: str) -> http.Response:
@@ -161,7 +162,7 @@ class Dashboard:
     def response(self, flow: http.HTTPFlow) -> None:
         """mitmweb keeps every flow: the dashboard's own polling would fill its list and memory."""
         view = ctx.master.addons.get("view")
-        if view is not None and flow.metadata.get("rerouter_local"):
+        if view is not None and flow_state(flow).local:
             asyncio.get_running_loop().call_soon(forget, view, flow)
 
 

@@ -17,8 +17,9 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
+from rerouter.flows import is_proxied
+from rerouter.flows import flow_state
 from rerouter.routing import is_ollama_path
-from rerouter.routing import is_proxied
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
 
@@ -129,12 +130,13 @@ class RequestLog:
         if self.store is None or not is_proxied(flow):
             return
         request = flow.request
+        shared = flow_state(flow)
         record = Inflight(
             id=flow.id,
             method=request.method,
             path=request.path,
-            requested_model=flow.metadata.get("requested_model"),
-            routed_model=flow.metadata.get("routed_model"),
+            requested_model=shared.requested_model,
+            routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
             started=time.monotonic(),
         )
@@ -187,13 +189,13 @@ class RequestLog:
         if record is None or self.store is None:
             return
         message = flow.error.msg if flow.error else "unknown error"
-        if flow.metadata.get("rerouter_timeout"):
+        shared = flow_state(flow)
+        if shared.timed_out:
             message = f"no response headers within {self.settings.request_timeout:g} s"
-        status = flow.response.status_code if flow.response else flow.metadata.get("answered_status")
-        state = "aborted" if message == CLIENT_GONE else "error"
+        status = flow.response.status_code if flow.response else shared.answered_status
         self.store.finish(
             record.id,
-            state=state,
+            state="aborted" if message == CLIENT_GONE else "error",
             status=status,
             duration_ms=self._duration(record),
             stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,

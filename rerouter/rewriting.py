@@ -2,43 +2,23 @@
 Request rewriting: model names, ` /no_think`, and aliases in the upstream's model lists.
 """
 
-import json
 import logging
-from typing import Any
 
 from mitmproxy import http
 
+from rerouter.flows import annotate
+from rerouter.flows import is_proxied
+from rerouter.flows import json_object
+from rerouter.flows import set_json
+from rerouter.flows import flow_state
 from rerouter.modelmap import add_aliases
 from rerouter.modelmap import append_no_think
-from rerouter.routing import is_proxied
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MODEL_LISTS = ("/v1/models", "/api/tags")
 BODY_METHODS = ("POST", "PUT", "PATCH")
-
-
-def annotate(flow: http.HTTPFlow, note: str) -> None:
-    """Say in the flow's comment what the proxy changed, for people reading it in mitmweb."""
-    flow.comment = f"{flow.comment}; {note}" if flow.comment else note
-    flow.marked = flow.marked or ":arrows_counterclockwise:"
-
-
-def json_object(message: http.Message) -> dict[str, Any] | None:
-    """The body as a JSON object, or None: other bodies are not ours to touch."""
-    content = message.get_content(strict=False)
-    if not content or content[:64].lstrip()[:1] != b"{":
-        return None
-    try:
-        body = json.loads(content)
-    except (ValueError, RecursionError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def set_json(message: http.Message, body: dict[str, Any]) -> None:
-    message.content = json.dumps(body, ensure_ascii=False).encode()
 
 
 class ModelRewrite:
@@ -58,8 +38,8 @@ class ModelRewrite:
         requested = body.get("model")
         if isinstance(requested, str):
             routed = model_map.route(requested)
-            flow.metadata["requested_model"] = requested
-            flow.metadata["routed_model"] = routed
+            record = flow_state(flow)
+            record.requested_model, record.routed_model = requested, routed
             if routed != requested:
                 body["model"] = routed
                 annotate(flow, f"model: {requested} -> {routed}")

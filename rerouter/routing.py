@@ -4,11 +4,13 @@ Where requests go: reverse mode on LISTEN_HOST:LISTEN_PORT, Ollama-native paths 
 
 import ipaddress
 import logging
+from collections.abc import Callable
+from typing import Any
 
 from mitmproxy import ctx
 from mitmproxy import http
-from mitmproxy.proxy import mode_specs
 
+from rerouter.flows import is_proxied
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -25,21 +27,32 @@ def listen_host(settings: Settings) -> str:
     return ctx.options.listen_host if ctx.options.has_changed("listen_host") else settings.listen_host
 
 
+def reverse_mode(settings: Settings) -> str:
+    return f"reverse:{settings.upstream_url.url}"
+
+
+def reverse_defaults(settings: Settings, given: Callable[[str], bool]) -> dict[str, Any]:
+    """
+    The mitmproxy options the rerouter fills in unless the user gave them.
+
+    One rule for both ways in: the launcher turns it into mitmdump arguments
+    (`given` scans the user's argv), `ReverseProxy.running()` into an options
+    update (`given` is mitmproxy's `has_changed`).
+    """
+    ours = {
+        "mode": [reverse_mode(settings)],
+        "listen_host": settings.listen_host,
+        "listen_port": settings.listen_port,
+        "connection_strategy": "lazy",
+    }
+    return {option: value for option, value in ours.items() if not given(option)}
+
+
 def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def is_proxied(flow: http.HTTPFlow) -> bool:
-    """A live flow that goes upstream: not answered locally, not failed, in reverse mode."""
-    return (
-        flow.live
-        and flow.response is None
-        and flow.error is None
-        and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
-    )
 
 
 class ReverseProxy:
@@ -58,16 +71,9 @@ class ReverseProxy:
 
     def running(self) -> None:
         options = ctx.options
-        updates: dict[str, object] = {}
-        if not options.has_changed("connection_strategy"):
-            updates["connection_strategy"] = "lazy"
-        if not options.has_changed("mode"):
-            self.owns_mode = True
-            updates["mode"] = [self._mode()]
-        if options.listen_host != listen_host(self.settings):
-            updates["listen_host"] = listen_host(self.settings)
-        if not options.has_changed("listen_port") and options.listen_port != self.settings.listen_port:
-            updates["listen_port"] = self.settings.listen_port
+        ours = reverse_defaults(self.settings, options.has_changed)
+        self.owns_mode = "mode" in ours
+        updates = {option: value for option, value in ours.items() if getattr(options, option) != value}
         if "listen_host" in updates or "listen_port" in updates:
             # listeners restart only when `mode` is among the updated options
             updates.setdefault("mode", list(options.mode))
@@ -79,7 +85,7 @@ class ReverseProxy:
             ctx.options.update(mode=[self._mode()])
 
     def _mode(self) -> str:
-        return f"reverse:{self.settings.upstream_url.url}"
+        return reverse_mode(self.settings)
 
     def request(self, flow: http.HTTPFlow) -> None:
         if is_proxied(flow) and is_ollama_path(flow.request.path):

@@ -7,11 +7,13 @@ default. Options are declared as strings and parsed here, because mitmproxy
 silently unloads an addon when a typed option gets a malformed `--set` value.
 """
 
+import dataclasses
 import json
 import logging
 import math
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -123,6 +125,10 @@ class Setting(NamedTuple):
         except ValueError as e:
             raise ValueError(f"{self.env} (option {self.option}): {e}") from None
 
+    def field(self) -> Any:
+        """A typed attribute of Settings holding this setting's parsed value, the default's until configured."""
+        return dataclasses.field(default_factory=lambda: self.parse(self.default), metadata={"setting": self})
+
 
 UPSTREAM_URL = Setting(
     "UPSTREAM_URL",
@@ -188,25 +194,12 @@ DASHBOARD_TOKEN = Setting(
     "When set, the dashboard's data and every local JSON route require this token "
     "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
 )
-SETTINGS = (
-    UPSTREAM_URL,
-    OLLAMA_UPSTREAM_URL,
-    MODEL_MAP,
-    STRIP_THINKING,
-    DISABLE_THINKING,
-    REQUEST_TIMEOUT,
-    ENABLE_LOGGING,
-    DB_PATH,
-    MAX_LOG_AGE_DAYS,
-    LOG_MAX_BODY_BYTES,
-    DASHBOARD_TOKEN,
-)
-
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
 LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
 
 
+@dataclass(eq=False)
 class Settings:
     """
     Declares and parses every rerouter option; the other addons read the parsed values here.
@@ -215,15 +208,32 @@ class Settings:
     mitmproxy's ErrorCheck stop startup with exit code 1 (a raised OptionsError
     would print a traceback instead). At runtime, e.g. from mitmweb's option
     editor, it is refused with an OptionsError, which rolls the change back.
+    The values are plain attributes because they are read on every request.
     """
 
-    def __init__(self) -> None:
-        # plain attributes named after the options (self.model_map, ...): read on every request
-        for setting in SETTINGS:
-            setattr(self, setting.option, setting.parse(setting.default))
-        self.listen_host: str = LISTEN_HOST.default
-        self.listen_port: int = LISTEN_PORT.parse(LISTEN_PORT.default)
-        self.is_running = False
+    upstream_url: Upstream = UPSTREAM_URL.field()
+    ollama_upstream_url: Upstream = OLLAMA_UPSTREAM_URL.field()
+    model_map: ModelMap = MODEL_MAP.field()
+    strip_thinking: bool = STRIP_THINKING.field()
+    disable_thinking: bool = DISABLE_THINKING.field()
+    request_timeout: float = REQUEST_TIMEOUT.field()
+    enable_logging: bool = ENABLE_LOGGING.field()
+    db_path: str = DB_PATH.field()
+    max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
+    log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
+    dashboard_token: str = DASHBOARD_TOKEN.field()
+    # read from the environment only: they feed mitmproxy's own listen_host / listen_port
+    listen_host: str = LISTEN_HOST.field()
+    listen_port: int = LISTEN_PORT.field()
+    is_running: bool = False
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """The settings as the environment gives them; ValueError names the first bad variable."""
+        settings = cls()
+        for setting in (*SETTINGS, LISTEN_HOST, LISTEN_PORT):
+            setattr(settings, setting.option, setting.read(setting.environ()))
+        return settings
 
     def load(self, loader) -> None:
         for setting in SETTINGS:
@@ -252,3 +262,11 @@ class Settings:
         except ValueError as e:
             self.refuse(str(e))
             return previous
+
+
+# the rerouter's own options, in the order of the contract; LISTEN_HOST and LISTEN_PORT are mitmproxy's
+SETTINGS: tuple[Setting, ...] = tuple(
+    field.metadata["setting"]
+    for field in dataclasses.fields(Settings)
+    if "setting" in field.metadata and field.metadata["setting"] not in (LISTEN_HOST, LISTEN_PORT)
+)

@@ -4,11 +4,12 @@ Think stripping on responses: plain JSON answers in `response`, live streams in 
 
 from mitmproxy import http
 
+from rerouter.flows import annotate
+from rerouter.flows import json_object
+from rerouter.flows import media_type
+from rerouter.flows import set_json
 from rerouter.framing import EventStream
 from rerouter.framing import supports_encoding
-from rerouter.rewriting import annotate
-from rerouter.rewriting import json_object
-from rerouter.rewriting import set_json
 from rerouter.settings import Settings
 from rerouter.thinking import OllamaChunkEditor
 from rerouter.thinking import OpenAIChunkEditor
@@ -17,10 +18,6 @@ from rerouter.thinking import strip_response
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
-
-
-def media_type(response: http.Response) -> str:
-    return response.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 class ThinkStrip:

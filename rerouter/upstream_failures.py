@@ -19,8 +19,9 @@ from mitmproxy import ctx
 from mitmproxy import http
 from mitmproxy.net.http import http1
 
+from rerouter.flows import is_proxied
+from rerouter.flows import flow_state
 from rerouter.routing import is_ollama_path
-from rerouter.routing import is_proxied
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ class UpstreamFailures:
         self._cancel(flow)
         if flow.response is not None or flow.error is None or flow.error.msg == CLIENT_GONE:
             return
-        if flow.metadata.get("rerouter_timeout"):
+        if flow_state(flow).timed_out:
             status = 504
             message = f"upstream {flow.request.host}:{flow.request.port} sent no response headers within {self.settings.request_timeout:g} s"
         else:
             status = 502
             message = f"upstream {flow.request.host}:{flow.request.port} failed: {flow.error.msg}"
-        flow.metadata["answered_status"] = status
+        flow_state(flow).answered_status = status
         answer = http.Response.make(
             status,
             error_body(flow.request.path, status, message),
@@ -83,7 +84,7 @@ class UpstreamFailures:
     def _expire(self, flow: http.HTTPFlow) -> None:
         self.timers.pop(flow.id, None)
         if flow.live and flow.response is None and flow.error is None:
-            flow.metadata["rerouter_timeout"] = True
+            flow_state(flow).timed_out = True
             if not close_upstream(flow):
                 logger.warning("cannot close the upstream connection of a timed-out request on this mitmproxy")
 

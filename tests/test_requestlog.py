@@ -11,6 +11,7 @@ from mitmproxy.test import taddons
 
 from dashboard import Dashboard
 from dashboard import log_filters
+from rerouter.flows import flow_state
 from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
@@ -64,7 +65,7 @@ class TestRequestLog:
     def test_completed_request(self, logged):
         tctx, s, log, dash = logged
         f = reverse_flow(body={"model": "llama3-70b"})
-        f.metadata.update(requested_model="gpt-4", routed_model="llama3-70b")
+        flow_state(f).requested_model, flow_state(f).routed_model = "gpt-4", "llama3-70b"
         f.request.headers["authorization"] = "Bearer sk-secret"
         log.request(f)
         assert [r["path"] for r in log.inflight_rows()] == ["/v1/chat/completions"]
@@ -100,7 +101,7 @@ class TestRequestLog:
         log.request(f)
         f.error = mflow.Error(message)
         if answered:
-            f.metadata["answered_status"] = answered
+            flow_state(f).answered_status = answered
         log.error(f)
         row = stored(log, f.id, state)
         assert (row["status"], row["error"]) == (status, message)
@@ -124,7 +125,7 @@ class TestDashboard:
             f = reverse_flow(path, method="GET")
             await dash.request(f)
             assert f.response is not None and f.response.status_code == 200, path
-            assert f.metadata["rerouter_local"]
+            assert flow_state(f).local
         f = reverse_flow("/api/logs/missing", method="GET")
         await dash.request(f)
         assert f.response.status_code == 404

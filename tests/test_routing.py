@@ -5,7 +5,7 @@ from mitmproxy.addons.proxyserver import Proxyserver
 from mitmproxy.test import taddons
 
 from rerouter.routing import ReverseProxy
-from rerouter.routing import is_proxied
+from rerouter.flows import is_proxied
 from rerouter.settings import Settings
 from tests.conftest import reverse_flow
 from tests.conftest import start

@@ -6,6 +6,7 @@ from mitmproxy import http
 from mitmproxy.proxy.layers.http import _http1
 from mitmproxy.test import taddons
 
+from rerouter.flows import flow_state
 from rerouter.settings import Settings
 from tests.conftest import reverse_flow
 from tests.conftest import start
@@ -65,7 +66,7 @@ def test_ollama_failure_has_ollamas_shape(failures):
 def test_timeout_is_504(failures):
     tctx, s, u = failures
     f = failed("/v1/completions", "Server disconnected.")
-    f.metadata["rerouter_timeout"] = True
+    flow_state(f).timed_out = True
     u.error(f)
     status, _, body = page(502, f.error.msg)
     assert status == 504
@@ -113,7 +114,7 @@ async def test_expiry_marks_the_flow(failures, caplog):
     u.request(f)
     u.timers[f.id].cancel()
     u._expire(f)
-    assert f.metadata["rerouter_timeout"] is True
+    assert flow_state(f).timed_out is True
     assert "cannot close the upstream connection" in caplog.text, "no live connection in a unit test"
 
 

@@ -1,0 +1,80 @@
+"""
+What the rerouter's addons share about one flow, and the small helpers they all use on flows.
+
+Data walks one way: request -> rewrite -> upstream -> filter -> log. Each addon
+writes its findings into the flow's `FlowState` and later addons read them there,
+by attribute, never through loose metadata keys.
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from mitmproxy import http
+from mitmproxy.proxy import mode_specs
+
+STATE_KEY = "rerouter"
+
+
+@dataclass
+class FlowState:
+    """
+    The rerouter's record of one flow, kept under `flow.metadata["rerouter"]`.
+
+    Who sets what (in the order the addons run):
+    - Dashboard: `local`, for requests it answers itself.
+    - ModelRewrite: `requested_model`, `routed_model`.
+    - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
+      headers, `answered_status` when it answered a failed upstream itself.
+    RequestLog reads them all to write the flow's row.
+    """
+
+    local: bool = False
+    requested_model: str | None = None
+    routed_model: str | None = None
+    timed_out: bool = False
+    answered_status: int | None = None
+
+
+def flow_state(flow: http.HTTPFlow) -> FlowState:
+    """The flow's record, created on first use."""
+    record = flow.metadata.get(STATE_KEY)
+    if record is None:
+        record = flow.metadata[STATE_KEY] = FlowState()
+    return record
+
+
+def is_proxied(flow: http.HTTPFlow) -> bool:
+    """A live flow that goes upstream: not answered locally, not failed, in reverse mode."""
+    return (
+        flow.live
+        and flow.response is None
+        and flow.error is None
+        and isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode)
+    )
+
+
+def annotate(flow: http.HTTPFlow, note: str) -> None:
+    """Say in the flow's comment what the proxy changed, for people reading it in mitmweb."""
+    flow.comment = f"{flow.comment}; {note}" if flow.comment else note
+    flow.marked = flow.marked or ":arrows_counterclockwise:"
+
+
+def media_type(message: http.Message) -> str:
+    return message.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def json_object(message: http.Message) -> dict[str, Any] | None:
+    """The body as a JSON object, or None: other bodies are not ours to touch."""
+    content = message.get_content(strict=False)
+    if not content or content[:64].lstrip()[:1] != b"{":
+        return None
+    try:
+        body = json.loads(content)
+    except (ValueError, RecursionError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def set_json(message: http.Message, body: dict[str, Any]) -> None:
+    message.content = json.dumps(body, ensure_ascii=False).encode()
