@@ -23,17 +23,36 @@ class FlowState:
 
     Who sets what (in the order the addons run):
     - Dashboard: `local`, for requests it answers itself.
-    - ModelRewrite: `requested_model`, `routed_model`.
+    - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
+      DISABLE_THINKING switches it applied).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
-    RequestLog reads them all to write the flow's row.
+    - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
+      `reasoned_anyway` (reasoning although a switch asked for none), `note`
+      (what the proxy could not do, e.g. a stream passed on unedited).
+    - the stream's figures (`upstream_ms`, `upstream_first_token_ms`,
+      `first_token_ms`, `prompt_tokens`, `completion_tokens`, `tokens_per_s`).
+    RequestLog reads them all to write the flow's row: the fields after `local`
+    and the model names are the row's fields of the same names.
     """
 
     local: bool = False
     requested_model: str | None = None
     routed_model: str | None = None
+    thinking_switches: tuple[str, ...] = ()
     timed_out: bool = False
     answered_status: int | None = None
+    reasoning_chars: int = 0
+    lone_think_close: bool = False
+    response_model: str | None = None
+    reasoned_anyway: bool = False
+    note: str | None = None
+    upstream_ms: float | None = None
+    upstream_first_token_ms: float | None = None
+    first_token_ms: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    tokens_per_s: float | None = None
 
 
 def flow_state(flow: http.HTTPFlow) -> FlowState:
