@@ -18,6 +18,7 @@ import os
 import sys
 
 from dashboard import Dashboard
+from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
@@ -32,7 +33,8 @@ request_log = RequestLog(settings)
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
 # anything could send them upstream; routing picks the upstream before the timeout starts and the
 # rewrite records the model names; the think filter wraps the answer's stream before the log,
-# which comes last so it sees the rewritten request and the stream exactly as the client gets it.
+# which comes last so it sees the rewritten request and the stream exactly as the client gets it;
+# then secrets in the path are masked for what mitmdump prints once each flow ends.
 addons = [
     settings,
     Dashboard(settings, request_log),
@@ -41,6 +43,7 @@ addons = [
     ModelRewrite(settings),
     ThinkStrip(settings),
     request_log,
+    PrintedSecrets(),
 ]
 
 USER_FLAGS = {

@@ -19,6 +19,7 @@ from logstore import LogStore
 from logstore import iso_utc
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
+from rerouter.redaction import redact_path
 from rerouter.routing import is_ollama_path
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
@@ -134,7 +135,7 @@ class RequestLog:
         record = Inflight(
             id=flow.id,
             method=request.method,
-            path=request.path,
+            path=redact_path(request.path),
             requested_model=shared.requested_model,
             routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
