@@ -24,19 +24,17 @@ function readUrl() {
   };
 }
 
+const chosen = () => Object.fromEntries(Object.entries(view.filters).filter(([, value]) => value));
+
 function writeUrl() {
-  const params = new URLSearchParams(Object.entries(view.filters).filter(([, value]) => value));
+  const params = new URLSearchParams(chosen());
   if (view.page > 1) params.set('page', view.page);
   if (view.limit !== LIMIT) params.set('limit', view.limit);
   const query = params.toString();
   history.replaceState(null, '', `${location.pathname}${query ? `?${query}` : ''}${location.hash}`);
 }
 
-const logQuery = (limit, offset) => ({
-  ...Object.fromEntries(Object.entries(view.filters).filter(([, v]) => v)),
-  limit,
-  offset,
-});
+const logQuery = (limit, offset) => ({ ...chosen(), limit, offset });
 
 /** Runs `work` now and then every `every` ms while the page is visible; a new run replaces a pending one. */
 function loop(work, every) {
@@ -54,7 +52,8 @@ function loop(work, every) {
 function setLive(state, text) {
   const live = $('live');
   live.dataset.state = state;
-  live.textContent = text;
+  // A status region: changed text is read out, so it changes only when the state does.
+  if (live.textContent !== text) live.textContent = text;
 }
 
 function needLogin() {
@@ -183,8 +182,19 @@ function showMessage(text) {
   $('filter-message').textContent = text;
 }
 
+function fillForm(filters) {
+  for (const key of FILTERS) {
+    const input = form.elements[key];
+    // A value from the address or a breakdown that the list lacks would show as "all".
+    if (input.tagName === 'SELECT' && ![...input.options].some((o) => o.value === filters[key])) {
+      input.add(new Option(filters[key]));
+    }
+    input.value = filters[key];
+  }
+}
+
 function setFilters(filters) {
-  for (const key of FILTERS) form.elements[key].value = filters[key];
+  fillForm(filters);
   showMessage('');
   if (JSON.stringify(filters) === JSON.stringify(view.filters)) return;
   view = { ...view, filters, page: 1 };
@@ -235,7 +245,7 @@ document.addEventListener('visibilitychange', () => {
     slowPoll();
   }
 });
-for (const key of FILTERS) form.elements[key].value = view.filters[key];
+fillForm(view.filters);
 poll();
 slowPoll();
 followHash();

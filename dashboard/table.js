@@ -31,7 +31,7 @@ export function notes(row) {
       el(
         'span',
         { class: 'tag warn' },
-        `model ${row.routed_model} starts inside a think block: add it to THINK_OPEN_MODELS`,
+        `model ${row.routed_model || row.requested_model} starts inside a think block: add it to THINK_OPEN_MODELS`,
       ),
   ].filter(Boolean);
 }

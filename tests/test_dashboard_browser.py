@@ -118,7 +118,6 @@ def test_filters_are_read_from_the_address(browser, proxy):
 def test_new_request_appears_without_reload(page, proxy):
     expect(row(page, "llama3-70b").first).to_be_visible()
     model = f"claude-{uuid.uuid4().hex[:8]}"
-    chat(proxy, "live")
     chat(proxy, "live", model=model)
     expect(row(page, model)).to_have_count(1)
     expect(row(page, model)).to_contain_text(f"llama3-{model.removeprefix('claude-')}")
@@ -224,9 +223,15 @@ def test_what_the_proxy_did_is_shown(page):
     expect(page.locator("#by-model")).to_contain_text("gpt-4o")
 
 
-def test_model_card_without_requested_names(page):
+def test_model_card_switches_to_requested_names_where_the_proxy_counts_them(page, proxy):
     expect(page.locator("#by-model")).to_contain_text("llama3-70b")
-    expect(page.locator("#model-names option[value=by_requested_model]")).to_be_disabled()
+    with urllib.request.urlopen(proxy.url + "/api/stats", timeout=10) as response:
+        counted = "by_requested_model" in json.load(response)
+    if not counted:
+        expect(page.locator("#model-names option[value=by_requested_model]")).to_be_disabled()
+        return
+    page.select_option("#model-names", "by_requested_model")
+    expect(page.locator("#by-model")).to_contain_text("gpt-3.5-turbo")
 
 
 RULES = {
