@@ -50,8 +50,11 @@ logger = logging.getLogger(__name__)
 PAGES = Path(__file__).resolve().parent
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
-    "/dashboard/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/dashboard/style.css": ("style.css", "text/css; charset=utf-8"),
+    **{
+        f"/dashboard/{name}": (name, "text/javascript; charset=utf-8")
+        for name in ("app.js", "api.js", "chart.js", "detail.js", "format.js", "rules.js", "table.js")
+    },
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -187,6 +190,7 @@ class Dashboard:
             return
         flow_state(flow).local = True
         flow.response = await self.answer(flow, route)
+        show_as_local(flow)
 
     async def answer(self, flow: http.HTTPFlow, route: Route) -> http.Response:
         """The local answer, whatever goes wrong on the way: a local request never goes upstream."""
@@ -279,6 +283,15 @@ class Dashboard:
         view = ctx.master.addons.get("view")
         if view is not None and flow_state(flow).local:
             asyncio.get_running_loop().call_soon(forget, view, flow)
+
+
+def show_as_local(flow: http.HTTPFlow) -> None:
+    """
+    Point the flow's URL at the proxy itself: in reverse mode it names the upstream, and mitmdump's
+    flow lines would make the dashboard's own polling read as requests to the upstream.
+    """
+    host, port = flow.client_conn.sockname[:2]
+    flow.request.scheme, flow.request.host, flow.request.port = "http", host, port
 
 
 def forget(view, flow: http.HTTPFlow) -> None:
