@@ -6,7 +6,6 @@ import time
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 
 from dashboard import Dashboard
 from dashboard.access import FREE_FAILURES
@@ -16,27 +15,16 @@ from dashboard.queries import QueryPool
 from logstore import LogStore
 from logstore import ReadTimeout
 from rerouter.flows import flow_state
-from rerouter.requestlog import RequestLog
-from rerouter.settings import Settings
+from tests.conftest import dashboard_addons
 from tests.conftest import reverse_flow
-from tests.conftest import start
 
 TOKEN = "dashboard-token-for-unit-tests"
 
 
 @pytest.fixture
 def dash(settings_env, tmp_path):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
-    settings_env.setenv("DASHBOARD_TOKEN", TOKEN)
-    settings_env.setenv("DASHBOARD_HOSTS", "proxy.lan")
-    s = Settings()
-    log = RequestLog(s)
-    d = Dashboard(s, log)
-    with taddons.context(s, d, log) as tctx:
-        start(tctx, s, log)
+    with dashboard_addons(settings_env, tmp_path, DASHBOARD_TOKEN=TOKEN, DASHBOARD_HOSTS="proxy.lan") as d:
         yield d
-        d.done()
-        log.done()
 
 
 async def ask(dash: Dashboard, path: str, method: str = "GET", host: str = "127.0.0.1:1234", **headers) -> http.HTTPFlow:

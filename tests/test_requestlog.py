@@ -16,6 +16,7 @@ from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
 from rerouter.settings import Settings
+from tests.conftest import dashboard_addons
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start
@@ -170,15 +171,8 @@ class TestDashboard:
 
 @pytest.fixture
 def guarded(settings_env, tmp_path):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
-    settings_env.setenv("DASHBOARD_TOKEN", "s3cret-token-for-tests")
-    s = Settings()
-    log = RequestLog(s)
-    dash = Dashboard(s, log)
-    with taddons.context(s, dash, log) as tctx:
-        start(tctx, s, log)
+    with dashboard_addons(settings_env, tmp_path, DASHBOARD_TOKEN="s3cret-token-for-tests") as dash:
         yield dash
-        log.done()
 
 
 async def ask(dash: Dashboard, path: str, method: str = "GET", **headers) -> http.HTTPFlow:

@@ -159,23 +159,16 @@ class TestOutsideReverseMode:
 class TestClientHost:
     """mitmproxy replaces the client's Host before any hook; the rerouter keeps it and replaces it itself."""
 
-    def test_kept_for_the_dashboard_and_replaced_for_the_upstream(self, router):
-        tctx, s, r = router
-        assert tctx.options.keep_host_header
-        f = reverse_flow()
-        f.request.host_header = "rebind.attacker.example:1234"
-        r.requestheaders(f)
-        assert flow_state(f).client_host == "rebind.attacker.example:1234"
-        assert f.request.host_header == "127.0.0.1:8000"
-
-    def test_the_users_keep_host_header_is_honoured(self, routing_env):
-        tctx, s, r = started_router(keep_host_header=True)
+    @pytest.mark.parametrize("given, upstream_gets", [({}, "127.0.0.1:8000"), ({"keep_host_header": True}, "myproxy.example:1234")])
+    def test_kept_for_the_dashboard(self, routing_env, given, upstream_gets):
+        tctx, s, r = started_router(**given)
         with tctx:
+            assert tctx.options.keep_host_header
             f = reverse_flow()
-            f.request.host_header = "myproxy.example"
+            f.request.host_header = "myproxy.example:1234"
             r.requestheaders(f)
-            assert flow_state(f).client_host == "myproxy.example"
-            assert f.request.host_header == "myproxy.example"
+            assert flow_state(f).client_host == "myproxy.example:1234"
+            assert f.request.host_header == upstream_gets, "the user's own keep_host_header is honoured"
 
     def test_tls_upstreams_keep_their_name_as_sni(self, router):
         tctx, s, r = router
