@@ -156,10 +156,17 @@ class Dashboard:
 
     def running(self) -> None:
         host = listen_host(self.settings)
-        if self.settings.enable_logging and not self.settings.dashboard_token and not is_loopback(host):
+        if not self.settings.enable_logging or self.settings.dashboard_token:
+            return
+        if not is_loopback(host):
             logger.warning(
                 f"the dashboard and /api/logs answer anyone who can reach {host or 'all interfaces'} "
                 f"and show them every prompt and answer; set DASHBOARD_TOKEN to require a token"
+            )
+        elif "*" in self.settings.dashboard_hosts:
+            logger.warning(
+                "DASHBOARD_HOSTS=* lets any web page you visit read the request log (DNS rebinding); "
+                "set DASHBOARD_TOKEN to require a token"
             )
 
     def done(self) -> None:

@@ -182,3 +182,9 @@ def test_store_reads_have_a_time_limit(tmp_path):
     store.close()
     with pytest.raises(ReadTimeout):
         store.logs(q="ü")
+
+
+def test_any_host_without_a_token_warns(settings_env, tmp_path, caplog):
+    with dashboard_addons(settings_env, tmp_path, DASHBOARD_HOSTS="*") as dash:
+        dash.running()
+    assert "DASHBOARD_HOSTS=* lets any web page you visit read the request log" in caplog.text
