@@ -2,8 +2,9 @@
 Model-name rewriting and the request-side edits that go with it.
 
 Pure logic with no mitmproxy import: `ModelMap` decides what a requested model
-is routed to, `append_no_think` asks a model not to think, `add_aliases` makes
-aliases visible in the upstream's model lists.
+is routed to and explains why, its `Rule`s also edit the request's body,
+`append_no_think` asks a model not to think, `add_aliases` makes aliases
+visible in the upstream's model lists.
 """
 
 import copy
@@ -63,6 +64,8 @@ class Rule:
 
 @dataclass(frozen=True)
 class RuleMatch:
+    """The rule a name matched, and what the name is routed to."""
+
     rule: Rule
     index: int  # the rule's position in the map, as written
     routed: str
@@ -75,11 +78,12 @@ class ModelMap:
 
     The first pattern whose `re.search` matches wins, and its value is expanded
     with the match's groups (`\\1`, `\\g<name>`); a name that matches nothing is
-    left as it is.
+    left as it is. A value is the routed name or `{"model", "set", "drop"}`.
     """
 
     def __init__(self, rules: list[Rule] | None = None) -> None:
         self.rules = rules or []
+        # the exact names that rename: the aliases added to the upstream's model lists
         self.exact = {rule.key: rule.target for rule in self.rules if rule.pattern is None and rule.target is not None}
         self._exact = {rule.key: index for index, rule in enumerate(self.rules) if rule.pattern is None}
         self._patterns = [(index, rule) for index, rule in enumerate(self.rules) if rule.pattern is not None]

@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import sqlite3
 import time
 from collections import Counter
 from collections import OrderedDict
@@ -329,7 +328,7 @@ class Rules:
             return
         try:
             rows = await asyncio.to_thread(store.unmatched_models, started, MAX_UNMATCHED)
-        except sqlite3.Error as e:
+        except Exception as e:  # best effort: an unreadable log leaves the inbox to this run
             logger.warning(f"the unmatched model names of earlier runs cannot be read from the log: {e}")
             return
         self.unmatched.restore([row for row in rows if self.model_map.match(row[0]) is None])
