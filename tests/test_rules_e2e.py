@@ -206,13 +206,17 @@ def test_per_rule_params_ollama_client(params_proxy, ollama_upstream):
 
 def test_mitmweb_comment_says_what_was_set_and_dropped(params_proxy):
     openai_client(params_proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], logprobs=True)
-    request = urllib.request.Request(f"{params_proxy.web_url}flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        comments = [flow.get("comment", "") for flow in json.load(response)]
-    assert (
+    expected = (
         "model: gpt-4 -> llama3-70b; set temperature=0.2, chat_template_kwargs={\"enable_thinking\":false}; "
         "dropped logprobs; /no_think appended; thinking stripped"
-    ) in comments
+    )
+
+    def comments() -> list[str]:
+        request = urllib.request.Request(f"{params_proxy.web_url}flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return [flow.get("comment", "") for flow in json.load(response)]
+
+    wait_for(lambda: expected in comments())
 
 
 def test_routes_and_unmatched_names_survive_a_restart(rerouter, tmp_path):
