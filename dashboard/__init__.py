@@ -43,6 +43,8 @@ from rerouter.redaction import redact_path
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
 from rerouter.routing import listen_host
+from rerouter.rules import ROUTES as RULES_ROUTES
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -141,9 +143,10 @@ class Dashboard:
     Other routes join the table in `__init__` (exact paths) or `patterns`.
     """
 
-    def __init__(self, settings: Settings, log: RequestLog) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, rules: Rules) -> None:
         self.settings = settings
         self.log = log
+        self.rules = rules
         self.pages: dict[str, bytes] = {}
         self.queries = QueryPool()
         self.throttle = LoginThrottle()
@@ -151,6 +154,7 @@ class Dashboard:
             "/api/logs": self.logs,
             "/api/stats": self.stats,
             "/api/inflight": self.inflight,
+            **{path: self.rules_route for path in RULES_ROUTES},
         }
         self.patterns: list[tuple[re.Pattern, Handler]] = [(LOG_DETAIL, self.log_detail)]
 
@@ -273,6 +277,11 @@ class Dashboard:
 
     async def inflight(self, flow: http.HTTPFlow) -> http.Response:
         return json_answer({"inflight": self.log.inflight_rows()})
+
+    async def rules_route(self, flow: http.HTTPFlow) -> http.Response:
+        path, _, query = flow.request.path.partition("?")
+        status, body = self.rules.answer(path, query)
+        return json_answer(body, status)
 
     async def log_detail(self, flow: http.HTTPFlow, id: str) -> http.Response:
         row = await self.queries.run(self.store().get, id)

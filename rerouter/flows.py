@@ -26,7 +26,8 @@ class FlowState:
       mode replaces it with the upstream's), for the dashboard's Host rule.
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
-      DISABLE_THINKING switches it applied).
+      DISABLE_THINKING switches it applied), `rule` (the key of the rule that
+      matched the requested model, None when none did).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
@@ -42,6 +43,7 @@ class FlowState:
     local: bool = False
     requested_model: str | None = None
     routed_model: str | None = None
+    rule: str | None = None
     thinking_switches: tuple[str, ...] = ()
     timed_out: bool = False
     answered_status: int | None = None

@@ -72,6 +72,7 @@ def dashboard_addons(settings_env, tmp_path, **env):
     """The Dashboard with its settings and request log as the script wires them, on a log in tmp_path."""
     from dashboard import Dashboard
     from rerouter.requestlog import RequestLog
+    from rerouter.rules import Rules
     from rerouter.settings import Settings
 
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
@@ -79,7 +80,7 @@ def dashboard_addons(settings_env, tmp_path, **env):
         settings_env.setenv(name, value)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log)
+    dash = Dashboard(s, log, Rules(s, log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield dash
