@@ -130,10 +130,14 @@ class ReverseProxy:
             data.server.error = OUTSIDE_REVERSE_MODE
             return
         mode = data.client.proxy_mode
-        if self.rewrites_host and isinstance(mode, mode_specs.ReverseMode) and data.server.address == mode.address:
+        if (
+            self.rewrites_host
+            and isinstance(mode, mode_specs.ReverseMode)
+            and mode.scheme in TLS_SCHEMES
+            and data.server.address == mode.address
+        ):
             # what mitmproxy's reverse mode does without keep_host_header: the upstream's name as TLS SNI
-            if mode.scheme in TLS_SCHEMES:
-                data.server.sni = mode.address[0]
+            data.server.sni = mode.address[0]
 
     def http_connect(self, flow: http.HTTPFlow) -> None:
         if self.outside_reverse_mode(flow.client_conn):

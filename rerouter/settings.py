@@ -28,8 +28,8 @@ from rerouter.modelmap import ModelMap
 logger = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
-HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 _FALSE = {"false", "0", "no", "off"}
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
 class Upstream(NamedTuple):
