@@ -153,6 +153,8 @@ class RequestLog:
                 "stream": False,
                 "requested_model": record.requested_model,
                 "routed_model": record.routed_model,
+                "request_headers": list(request.headers.items(multi=True)),
+                "request_body": request.get_content(strict=False) or b"",
                 "request_bytes": len(request.raw_content or b""),
             }
         )
@@ -181,7 +183,6 @@ class RequestLog:
             stream=streamed,
             response_bytes=size,
             response_body=body,
-            **self._sent(flow.request),
             **flow_state(flow).row_fields(),
         )
 
@@ -203,21 +204,12 @@ class RequestLog:
             response_bytes=record.response_bytes,
             response_body=bytes(record.delivered),
             error=message,
-            **self._sent(flow.request),
             **shared.row_fields(),
         )
 
     @staticmethod
     def _duration(record: Inflight) -> float:
         return round((time.monotonic() - record.started) * 1000, 1)
-
-    @staticmethod
-    def _sent(request: http.Request) -> dict:
-        """The request's headers and body for the row's bodies, which the store writes once, when the request ends."""
-        return {
-            "request_headers": list(request.headers.items(multi=True)),
-            "request_body": request.get_content(strict=False) or b"",
-        }
 
     def inflight_rows(self) -> list[dict]:
         now = time.monotonic()
