@@ -522,14 +522,13 @@ class Batch:
         unknown = row.keys() - BEGIN_FIELDS
         if unknown:
             raise TypeError(f"begin() got unknown fields: {', '.join(sorted(unknown))}")
-        insert = self._insert(row)
-        self.inserts.append(insert)
+        self.inserts.append(self._insert(row))
         if any(name in row for name in REQUEST_BODY_FIELDS):
             self.request_bodies.append(
                 (
                     json.dumps(redact_headers(row.get("request_headers") or ())),
                     *pack(cap_body(row.get("request_body"), row.get("request_bytes"), max_body_bytes)),
-                    insert[0],
+                    str(row["id"]),
                 )
             )
 
@@ -557,7 +556,7 @@ class Batch:
             None if (value := fields.get(name)) is None else convert(value) for name, convert in FINISH_CONVERSIONS
         )
         self.updates.append((*columns, str(id)))
-        if "response_body" in fields:
+        if fields.get("response_body") is not None:
             body = cap_body(fields["response_body"], fields.get("response_bytes"), max_body_bytes)
             self.response_bodies.append((*pack(body), str(id)))
 
