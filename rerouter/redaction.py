@@ -1,15 +1,35 @@
 """
-Secrets in request paths: the query parameters whose values are masked wherever the proxy shows a path.
+Secrets: the headers and query parameters whose values are masked wherever the proxy shows them.
 
 Pure functions, so the log store, the in-flight list and the printed flow lines
 mask the same names the same way.
 """
 
+from collections.abc import Iterable
 from urllib.parse import unquote_plus
 
 SECRET_QUERY_PARAMS = frozenset({"key", "api_key", "api-key", "access_token", "token"})
 """Compared without regard to letter case, after percent-decoding the name."""
 REDACTED = "[redacted]"
+SECRET_HEADERS = frozenset(
+    {
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+        "ocp-apim-subscription-key",
+        "x-auth-token",
+    }
+)
+"""Headers whose values are never stored or shown (names compared in lower case)."""
+
+
+def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Secrets are replaced before anything is written: log files get copied around."""
+    return [[name, REDACTED if name.lower() in SECRET_HEADERS else value] for name, value in headers]
 
 
 def redact_path(path: str) -> str:

@@ -188,6 +188,7 @@ class RequestLog:
             stream=streamed,
             response_bytes=size,
             response_body=body,
+            **flow_state(flow).row_fields(),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -213,6 +214,7 @@ class RequestLog:
             response_bytes=record.response_bytes,
             response_body=bytes(record.delivered),
             error=message,
+            **shared.row_fields(),
         )
 
     @staticmethod

@@ -1,6 +1,5 @@
 import contextlib
 import json
-from pathlib import Path
 
 import pytest
 from mitmproxy import http

@@ -16,6 +16,10 @@ from rerouter.redaction import redact_path
         ("/x?key=a#frag", "/x?key=[redacted]#frag"),
         ("/v1/chat/completions", "/v1/chat/completions"),
         ("/x?", "/x?"),
+        ("/v1/x?api-key=a%20b&API_KEY=c&access_token=", "/v1/x?api-key=[redacted]&API_KEY=[redacted]&access_token=[redacted]"),
+        ("/v1/x?key=a=b&key=c", "/v1/x?key=[redacted]&key=[redacted]"),
+        ("/v1/x?q=key%3Dabc", "/v1/x?q=key%3Dabc"),
+        ("/v1/x?%ZZ=1&key=é", "/v1/x?%ZZ=1&key=[redacted]"),
     ],
 )
 def test_redact_path(path, masked):
