@@ -22,7 +22,9 @@ from rerouter.thinking import Findings
 from rerouter.thinking import OllamaChunkEditor
 from rerouter.thinking import OpenAIChunkEditor
 from rerouter.thinking import Reasoning
+from rerouter.thinking import answer_model
 from rerouter.thinking import edit_answer
+from rerouter.thinking import may_hold_reasoning
 
 SSE = "text/event-stream"
 NDJSON = "application/x-ndjson"
@@ -114,12 +116,13 @@ class ThinkStrip:
             return
         if flow.request.method != "POST" or not 200 <= response.status_code < 300 or media_type(response) != "application/json":
             return
-        body = json_object(response)
-        if body is None:
-            return
         answer = Answer(reasoning, echo)
-        if edit_answer(body, reasoning, open_start, echo, answer.findings):
-            set_json(response, body)
+        content = response.get_content(strict=False) or b""
+        answer.findings.model = answer_model(content)
+        if echo or (reasoning and may_hold_reasoning(content)):
+            body = json_object(response)
+            if body is not None and edit_answer(body, reasoning, open_start, echo, answer.findings):
+                set_json(response, body)
         self._report(flow, answer)
 
     def error(self, flow: http.HTTPFlow) -> None:

@@ -18,6 +18,7 @@ bytes into those objects and back is framing.py's job.
 """
 
 import enum
+import json
 import re
 from dataclasses import dataclass
 
@@ -36,6 +37,9 @@ _WHITESPACE = re.compile(r"\s*")
 # What raw JSON must contain to hold a think tag or a reasoning field; Go's JSON encoder
 # (Ollama) writes `<` as \u003c. Without any of these a body or event needs no edit.
 _REASONING_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
+
+# A `model` member with its JSON string value; inside a string the quotes would be escaped.
+_MODEL_FIELD = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.){0,1024}")')
 
 _OPENAI_REASONING = ("reasoning_content", "reasoning")
 _OLLAMA_REASONING = ("thinking",)
@@ -248,6 +252,29 @@ def may_hold_reasoning(raw: bytes) -> bool:
     return _REASONING_HINT.search(raw) is not None
 
 
+def answer_model(raw: bytes) -> str | None:
+    """
+    The model a whole JSON answer names, without parsing it: the first `model` member,
+    which every API writes at the top level before any nested object that could hold one.
+    """
+    match = _MODEL_FIELD.search(raw)
+    if match is None:
+        return None
+    try:
+        return _loggable(json.loads(match.group(1)))
+    except ValueError:  # invalid UTF-8
+        return None
+
+
+def _loggable(name: str) -> str | None:
+    """The name, unless it holds a lone surrogate (`\\ud800`): UTF-8, and so the log, cannot store that."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return None
+    return name
+
+
 def split_think(text: str, open_start: bool = False, findings: Findings | None = None) -> list[Piece]:
     """The pieces of a whole text, as a stream carrying it in any cut would give them."""
     think = ThinkFilter(findings, open_start)
@@ -284,7 +311,7 @@ def note_model(event: dict, findings: Findings, echo: str | None) -> bool:
     if holder is None:
         return False
     if findings.model is None:
-        findings.model = holder["model"]
+        findings.model = _loggable(holder["model"])
     if echo is None or holder["model"] == echo:
         return False
     holder["model"] = echo

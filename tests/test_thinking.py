@@ -15,6 +15,7 @@ from rerouter.thinking import OllamaChunkEditor
 from rerouter.thinking import OpenAIChunkEditor
 from rerouter.thinking import Reasoning
 from rerouter.thinking import ThinkFilter
+from rerouter.thinking import answer_model
 from rerouter.thinking import edit_answer
 from rerouter.thinking import split_think
 from rerouter.thinking import starts_inside
@@ -262,6 +263,23 @@ class TestThinkFilter:
         result = strip_think(text, open_start).lower()
         assert "<think>" not in result or open_start
         assert "</think>" not in result
+
+
+@pytest.mark.parametrize(
+    "raw, model",
+    [
+        (b'{"id":"c","object":"chat.completion","model":"llama3-70b","choices":[]}', "llama3-70b"),
+        (b'{"object": "list", "data": [{"embedding": [0.1]}], "model" : "nomic-embed-text"}', "nomic-embed-text"),
+        (b'{"model":"q\\u003c3","message":{"tool_calls":[{"function":{"arguments":{"model":"x"}}}]}}', "q<3"),
+        (b'{"content":"say \\"model\\":\\"fake\\"","model":"real"}', "real"),
+        (b'{"model":"\\ud800"}', None),
+        (b'{"model":3}', None),
+        (b'{"model":"' + b"x" * 2000 + b'"}', None),
+        (b"not json", None),
+    ],
+)
+def test_answer_model(raw, model):
+    assert answer_model(raw) == model
 
 
 def chat_answer(content: str, **message) -> dict:
