@@ -252,6 +252,13 @@ class TestEcho:
         assert ollama_stream(client.chat(model=OTHER, messages=[{"role": "user", "content": "hi"}], stream=True))[2] == {OTHER}
         assert client.generate(model=OTHER, prompt="hi", stream=False).model == OTHER
 
+    def test_responses_api(self, dropping):
+        client = openai_client(dropping)
+        assert client.responses.create(model=OTHER, input="hi").model == OTHER
+        events = list(client.responses.create(model=OTHER, input="hi", stream=True))
+        named = [event.response.model for event in events if hasattr(event, "response")]
+        assert named and set(named) == {OTHER}
+
     def test_unmapped_and_off(self, dropping, separating):
         assert ask(openai_client(dropping), "unmapped-model", False).model == "unmapped-model"
         assert ask(openai_client(separating), OTHER, False).model == "llama3-70b"
@@ -309,3 +316,11 @@ class TestRows:
         ask(openai_client(dropping, text="<think>\n\n</think>\n\n" + ANSWER), OTHER, False, prompt=marker)
         found = row(dropping, marker)
         assert found["reasoned_anyway"] is False
+
+
+def test_settings_given_with_set(rerouter, ollama_upstream):
+    args = ["--set", "strip_thinking=separate", "--set", "echo_requested_model=true", "--set", "disable_thinking=think_false"]
+    proxy = rerouter("mitmdump", args=args)
+    chat = ollama_client(proxy).chat(model=OTHER, messages=[{"role": "user", "content": "hi"}], stream=False)
+    assert (chat.message.content, chat.message.thinking, chat.model) == (ANSWER, REASONING, OTHER)
+    assert ollama_upstream.requests[-1]["json"]["think"] is False
