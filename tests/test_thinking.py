@@ -608,12 +608,10 @@ class TestOpenAIChunkEditor:
 
     def test_lone_close_in_a_stream(self):
         editor = OpenAIChunkEditor()
-        assert editor.edit(chat_chunk("Okay, the user")) is KEEP
-        event = chat_chunk(" wants hi.</think>\n\n")
-        assert editor.edit(event) is CHANGED
-        assert content_of(event) == " wants hi."
-        assert editor.edit(chat_chunk("\n")) is DROP
-        assert editor.edit(chat_chunk("Hello")) is KEEP
+        events = [chat_chunk(text) for text in ("Okay, the user", " wants hi.</think>\n\n", "\n", "Hello")]
+        results = [editor.edit(event) for event in events]
+        assert results == [KEEP, CHANGED, DROP, KEEP]
+        assert "".join(content_of(event) for event in events[:2] + events[3:]) == "Okay, the user wants hi.Hello"
         assert editor.findings.lone_close
         assert editor.findings.reasoning_chars == 0
 
