@@ -13,6 +13,7 @@ from rerouter.flows import set_json
 from rerouter.flows import flow_state
 from rerouter.modelmap import add_aliases
 from rerouter.modelmap import switch_thinking_off
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,13 +23,14 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 class ModelRewrite:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules: Rules) -> None:
         self.settings = settings
+        self.rules = rules
 
     def request(self, flow: http.HTTPFlow) -> None:
         if not is_proxied(flow) or flow.request.method not in BODY_METHODS:
             return
-        model_map, switches = self.settings.model_map, self.settings.disable_thinking
+        model_map, switches = self.rules.model_map, self.settings.disable_thinking
         if not (model_map or switches or self.settings.enable_logging or self.settings.think_open_models):
             return  # nothing to change, and nobody who wants to know the model
         body = json_object(flow.request)
@@ -37,13 +39,20 @@ class ModelRewrite:
         changed = False
         requested = body.get("model")
         if isinstance(requested, str):
-            routed = model_map.route(requested)
+            match = self.rules.match(requested)
+            routed = requested if match is None else match.routed
             record = flow_state(flow)
             record.requested_model, record.routed_model = requested, routed
             if routed != requested:
                 body["model"] = routed
                 annotate(flow, f"model: {requested} -> {routed}")
                 changed = True
+            if match is not None:
+                record.rule = match.rule.key
+                edits = match.rule.edit(body)  # before the thinking switches: the proxy's own values win
+                if edits:
+                    annotate(flow, edits)
+                    changed = True
         if switches:
             applied, switched = switch_thinking_off(body, switches, flow.request.path)
             if applied:
@@ -54,7 +63,7 @@ class ModelRewrite:
             set_json(flow.request, body)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        aliases = self.settings.model_map.exact
+        aliases = self.rules.model_map.exact
         if (
             not aliases
             or flow.request.method != "GET"
