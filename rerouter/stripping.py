@@ -111,11 +111,17 @@ class ThinkStrip:
         if stream is not None:
             self._report(flow, stream.editor)
             return
+        if (
+            response is None
+            or response.stream
+            or flow.request.method != "POST"
+            or not 200 <= response.status_code < 300
+            or media_type(response) != "application/json"
+        ):
+            return
         reasoning, open_start, echo = self._treatment(flow)
-        if response is None or response.stream or not (reasoning or echo):
-            return
-        if flow.request.method != "POST" or not 200 <= response.status_code < 300 or media_type(response) != "application/json":
-            return
+        if not (reasoning or echo):
+            return  # the proxy leaves answers alone
         answer = Answer(reasoning, echo)
         content = response.get_content(strict=False) or b""
         answer.findings.model = answer_model(content)
