@@ -43,6 +43,10 @@ RETENTION_BATCH = 1000
 MAX_PAGE = 500
 BUSY_TIMEOUT = 1.0
 """Seconds to wait for a lock: a locked database fails fast and the writer's retry takes over."""
+READ_TIME_LIMIT = 5.0
+"""Seconds a read may take before SQLite stops it (ReadTimeout): a search over a huge log cannot run on and on."""
+PROGRESS_STEPS = 1000
+"""SQLite VM steps between two checks of the read's time limit."""
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
 """Bytes the WAL file is cut back to after a checkpoint, so a burst of big bodies leaves no big file behind."""
 RETRY_FIRST_DELAY = 0.25
@@ -147,6 +151,10 @@ _FINISH = "finish"
 _CLEANUP = "cleanup"
 _WAKE = ("wake",)
 """Put by close() so that a writer blocked on an empty queue notices it should stop."""
+
+
+class ReadTimeout(sqlite3.OperationalError):
+    """A read ran past its time limit and was stopped."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -539,6 +547,7 @@ class LogStore:
         max_body_bytes: int = 262144,
         max_age_days: float = 7.0,
         queue_size: int = 10000,
+        read_time_limit: float = READ_TIME_LIMIT,
     ) -> None:
         if max_age_days <= 0:
             raise ValueError(f"max_age_days must be positive, got {max_age_days}")
@@ -550,6 +559,7 @@ class LogStore:
         self.max_age_seconds = max_age_days * SECONDS_PER_DAY
         self._writer = Writer(self.path, max_body_bytes, self.max_age_seconds, queue_size)
         self._read_uri = Path(self.path).as_uri() + "?mode=ro"
+        self.read_time_limit = read_time_limit
 
     @property
     def failures(self) -> int:
@@ -681,10 +691,16 @@ class LogStore:
     def _reading(self) -> Iterator[sqlite3.Connection]:
         """A read-only connection of the call's own, in one transaction so that counts and rows agree."""
         conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        deadline = time.monotonic() + self.read_time_limit
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         try:
             conn.create_function("contains_folded", 2, _contains_folded, deterministic=True)
             conn.execute("BEGIN")
             yield conn
+        except sqlite3.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise ReadTimeout(f"stopped after {self.read_time_limit:g} s") from e
+            raise
         finally:
             conn.close()
 
