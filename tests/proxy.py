@@ -5,18 +5,20 @@ The proxy is told to listen on port 0 and the port it got is read from its
 startup line, so no test ever depends on a fixed port being free.
 """
 
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
 import threading
-import time
+import urllib.request
 from pathlib import Path
 
 from rerouter.settings import LISTEN_HOST
 from rerouter.settings import LISTEN_PORT
 from rerouter.settings import SETTINGS
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDON = str(ROOT / "rerouter_addon.py")
@@ -115,9 +117,11 @@ class ProxyProcess:
                 self.process.wait(5)
         self._reader.join(5)
 
+    def web_flows(self) -> list[dict]:
+        """The flows mitmweb lists, as its web API gives them."""
+        request = urllib.request.Request(f"{self.web_url}flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.load(response)
+
     def wait_for_output(self, text: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in the rerouter's output:\n{self.output}")
-            time.sleep(0.05)
+        wait_for(lambda: text in self.output, timeout, lambda: f"{text!r} not in the rerouter's output:\n{self.output}")

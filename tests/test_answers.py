@@ -3,7 +3,7 @@ import json
 import pytest
 
 from rerouter.answers import answer_text
-from tests.conftest import chat_chunk
+from tests.helpers import chat_chunk
 
 
 def sse(*events: object, end: bytes = b"data: [DONE]\n\n") -> bytes:

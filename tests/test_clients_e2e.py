@@ -7,7 +7,8 @@ import uuid
 import openai
 import pytest
 
-from tests.test_requestlog_e2e import row_for
+from tests.helpers import get
+from tests.helpers import row_for
 from tests.upstream import mock_headers
 
 # llama.cpp ends its chunked body a moment after `data: [DONE]`; the mock waits longer, so a
@@ -90,9 +91,7 @@ def test_openai_client_that_closes_at_done_is_completed(proxy):
 
 
 def test_console_shows_dashboard_requests_as_local(proxy, openai_upstream):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", "/api/stats")
-    assert conn.getresponse().status == 200
+    assert get(proxy, "/api/stats")[0] == 200
     proxy.wait_for_output(f"GET http://127.0.0.1:{proxy.port}/api/stats")
     upstream = openai_upstream.url.split("://", 1)[1]
     assert not [line for line in proxy.output.splitlines() if "/api/stats" in line and upstream in line]

@@ -15,8 +15,9 @@ from dashboard.queries import QueryPool
 from logstore import LogStore
 from logstore import ReadTimeout
 from rerouter.flows import flow_state
-from tests.conftest import dashboard_addons
-from tests.conftest import reverse_flow
+from tests.helpers import dashboard_addons
+from tests.helpers import reverse_flow
+from tests.helpers import wait_for_async
 
 TOKEN = "dashboard-token-for-unit-tests"
 
@@ -78,10 +79,7 @@ class TestFailClosed:
     async def test_a_slow_read_is_stopped(self, dash):
         store = dash.log.store
         add_rows(store, 1000)
-        deadline = time.monotonic() + 10
-        while store.logs()[1] < 1000:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await wait_for_async(lambda: store.logs()[1] >= 1000)
         store.read_time_limit = 0.0
         f = await ask(dash, "/api/logs?q=%C3%BC", authorization=f"Bearer {TOKEN}")
         assert status(f) == 503 and "narrow the filters" in f.response.json()["error"]
@@ -148,7 +146,7 @@ class TestQueryPool:
         gate = threading.Event()
         first = asyncio.ensure_future(pool.run(gate.wait, 5))
         second = asyncio.ensure_future(pool.run(gate.wait, 5))
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: pool.pending == 2)
         with pytest.raises(Busy):
             await pool.run(time.sleep, 0)
         gate.set()
@@ -160,12 +158,12 @@ class TestQueryPool:
         pool = QueryPool(workers=1, waiting=0)
         gate = threading.Event()
         waiting = asyncio.ensure_future(pool.run(gate.wait, 5))
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: pool.pending == 1)
         waiting.cancel()
         with pytest.raises(Busy):
             await pool.run(time.sleep, 0)
         gate.set()
-        await asyncio.sleep(0.05)
+        await wait_for_async(lambda: pool.pending == 0)
         assert await pool.run(sum, [1]) == 1
         pool.close()
 

@@ -7,17 +7,14 @@ import ollama
 import openai
 import pytest
 
+from tests.helpers import ollama_client
+from tests.helpers import open_stream
+from tests.helpers import openai_client
+from tests.helpers import post
+from tests.helpers import sse_text
 from tests.proxy import free_port
-from tests.upstream import mock_headers
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def post(port: int, path: str, body: dict, **mock) -> tuple[int, dict, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    conn.request("POST", path, json.dumps(body), {"content-type": "application/json", **mock_headers(**mock)})
-    response = conn.getresponse()
-    return response.status, dict(response.headers), response.read()
 
 
 @pytest.fixture(scope="module")
@@ -38,23 +35,22 @@ def proxy(module_rerouter):
 
 class TestUpstreamDown:
     def test_openai_shape(self, down_proxy):
-        status, headers, body = post(down_proxy.port, "/v1/chat/completions", CHAT)
-        assert status == 502
-        assert headers["Content-Type"] == "application/json"
-        error = json.loads(body)["error"]
+        response = open_stream(down_proxy, "/v1/chat/completions", CHAT)
+        assert response.status == 502
+        assert response.headers["Content-Type"] == "application/json"
+        error = json.loads(response.read())["error"]
         assert error["type"] == "upstream_error" and error["code"] == "upstream_unavailable"
         assert "Connect call failed" in error["message"]
 
     def test_openai_client_sees_the_message(self, down_proxy):
-        client = openai.OpenAI(base_url=f"{down_proxy.url}/v1", api_key="x", max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
-            client.chat.completions.create(**CHAT)
+            openai_client(down_proxy).chat.completions.create(**CHAT)
         assert info.value.status_code == 502
         assert "failed" in info.value.message
 
     def test_ollama_shape(self, down_proxy):
         with pytest.raises(ollama.ResponseError) as info:
-            ollama.Client(host=down_proxy.url).chat(model="m", messages=[{"role": "user", "content": "hi"}])
+            ollama_client(down_proxy).chat(model="m", messages=[{"role": "user", "content": "hi"}])
         assert info.value.status_code == 502
         assert "Connect call failed" in info.value.error
 
@@ -62,24 +58,19 @@ class TestUpstreamDown:
 class TestSlowUpstream:
     @pytest.mark.parametrize("path, body", [("/v1/chat/completions", CHAT), ("/api/chat", CHAT)])
     def test_no_headers_in_time_is_504(self, slow_proxy, path, body):
-        status, headers, raw = post(slow_proxy.port, path, body, hang=5)
+        status, raw = post(slow_proxy, path, body, hang=5)
         assert status == 504
         error = json.loads(raw)["error"]
         assert "no response headers within 1 s" in (error if isinstance(error, str) else error["message"])
 
     def test_a_started_stream_is_never_cut(self, slow_proxy):
-        status, headers, raw = post(slow_proxy.port, "/v1/chat/completions", {**CHAT, "stream": True}, delay=0.25, text="one two three four five six seven")
+        status, raw = post(slow_proxy, "/v1/chat/completions", {**CHAT, "stream": True}, delay=0.25, text="one two three four five six seven")
         assert status == 200
-        text = "".join(
-            json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-            for line in raw.decode().split("\n\n")
-            if line.startswith("data: {")
-        )
-        assert text == "one two three four five six seven"
+        assert sse_text(raw) == "one two three four five six seven"
 
     def test_keeps_serving_after_timeouts(self, slow_proxy):
-        post(slow_proxy.port, "/v1/chat/completions", CHAT, hang=3)
-        status, _, raw = post(slow_proxy.port, "/v1/chat/completions", CHAT)
+        post(slow_proxy, "/v1/chat/completions", CHAT, hang=3)
+        status, raw = post(slow_proxy, "/v1/chat/completions", CHAT)
         assert status == 200
         assert json.loads(raw)["choices"][0]["message"]["content"].startswith("Hello world")
 
@@ -88,20 +79,20 @@ class TestUpstreamAnswers:
     @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
     def test_upstream_error_passes_unchanged(self, proxy, openai_upstream, ollama_upstream, path):
         upstream = ollama_upstream if path.startswith("/api/") else openai_upstream
-        direct = post(upstream.port, path, {**CHAT, "model": "llama3-70b"}, status=500)
-        proxied = post(proxy.port, path, CHAT, status=500)
-        assert proxied[0] == direct[0] == 500
-        assert proxied[2] == direct[2]
+        direct = post(upstream, path, {**CHAT, "model": "llama3-70b"}, status=500)
+        proxied = post(proxy, path, CHAT, status=500)
+        assert proxied == direct
+        assert proxied[0] == 500
 
     def test_garbage_passes_unchanged(self, proxy):
-        status, _, raw = post(proxy.port, "/v1/chat/completions", CHAT, garbage=True)
+        status, raw = post(proxy, "/v1/chat/completions", CHAT, garbage=True)
         assert status == 200
         assert raw.startswith(b"<html>mock upstream garbage")
 
     def test_host_header_names_each_upstream(self, proxy, openai_upstream, ollama_upstream):
-        post(proxy.port, "/v1/chat/completions", CHAT)
+        post(proxy, "/v1/chat/completions", CHAT)
         assert openai_upstream.requests[-1]["headers"]["host"] == f"127.0.0.1:{openai_upstream.port}"
-        post(proxy.port, "/api/chat", {**CHAT, "stream": False})
+        post(proxy, "/api/chat", {**CHAT, "stream": False})
         assert ollama_upstream.requests[-1]["headers"]["host"] == f"127.0.0.1:{ollama_upstream.port}"
         assert ollama_upstream.requests[-1]["path"] == "/api/chat"
 
@@ -115,15 +106,15 @@ class TestUpstreamAnswers:
 
 def test_disable_thinking(rerouter, openai_upstream, ollama_upstream):
     proxy = rerouter("python", {"DISABLE_THINKING": "yes"})
-    post(proxy.port, "/v1/chat/completions", CHAT)
+    post(proxy, "/v1/chat/completions", CHAT)
     assert openai_upstream.requests[-1]["json"]["messages"][-1]["content"] == "hi /no_think"
-    post(proxy.port, "/api/generate", {"model": "m", "prompt": "why", "stream": False})
+    post(proxy, "/api/generate", {"model": "m", "prompt": "why", "stream": False})
     assert ollama_upstream.requests[-1]["json"]["prompt"] == "why /no_think"
 
 
 def test_strip_thinking_off(rerouter):
     proxy = rerouter("mitmdump", args=["--set", "strip_thinking=false"])
-    status, _, raw = post(proxy.port, "/v1/chat/completions", CHAT)
+    status, raw = post(proxy, "/v1/chat/completions", CHAT)
     assert json.loads(raw)["choices"][0]["message"]["content"].startswith("<think>")
 
 

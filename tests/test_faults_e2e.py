@@ -21,26 +21,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_requestlog_e2e import get
-from tests.test_requestlog_e2e import wait_for
-from tests.test_streams_e2e import sse_text
-from tests.upstream import mock_headers
+from tests.helpers import get
+from tests.helpers import http_request
+from tests.helpers import open_stream
+from tests.helpers import post
+from tests.helpers import row_for
+from tests.helpers import rows_with
+from tests.helpers import sse_text
+from tests.helpers import wait_for
+from tests.upstream import ANSWER
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-ANSWER = "Hello world, this is the answer."
 
 
 def rss_peak_mb(proxy) -> float:
     status = Path(f"/proc/{proxy.process.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
-
-
-def post(proxy, path: str, body: bytes | dict, timeout: float = 30, **mock) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=timeout)
-    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    conn.request("POST", path, raw, {"content-type": "application/json", **mock_headers(**mock)})
-    response = conn.getresponse()
-    return response.status, response.read()
 
 
 def completed(proxy, marker: str) -> int:
@@ -122,41 +118,33 @@ def proxy(module_rerouter):
 
 class TestUpstreamFaults:
     def test_reset_mid_stream_ends_the_stream_and_is_an_error_row(self, proxy):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", json.dumps({**CHAT, "messages": [{"role": "user", "content": "reset"}]}), mock_headers(reset=3))
-        response = conn.getresponse()
+        response = open_stream(proxy, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "reset"}]}, reset=3)
         assert response.status == 200
         with pytest.raises(http.client.IncompleteRead):
             response.read()
-        row = wait_for(lambda: next((r for r in get(proxy, "/api/logs?q=reset")[1]["logs"] if r["state"] != "inflight"), None))
+        row = rows_with(proxy, "reset")[0]
         assert row["state"] == "error" and row["status"] == 200
         still_serving(proxy)
 
     def test_hang_mid_stream_then_client_gives_up(self, proxy):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=1.5)
-        conn.request("POST", "/v1/chat/completions", json.dumps({**CHAT, "messages": [{"role": "user", "content": "stuck"}]}), mock_headers(hang_after=2))
-        response = conn.getresponse()
+        response = open_stream(proxy, "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": "stuck"}]}, timeout=1.5, hang_after=2)
         with pytest.raises(TimeoutError):
             response.read()
-        conn.close()
-        row = wait_for(lambda: next((r for r in get(proxy, "/api/logs?q=stuck")[1]["logs"] if r["state"] != "inflight"), None))
+        response.close()
+        row = rows_with(proxy, "stuck")[0]
         assert row["state"] == "aborted"
         still_serving(proxy)
 
     def test_client_leaves_inside_a_think_block(self, proxy, openai_upstream):
         gate = uuid.uuid4().hex
-        body = json.dumps({**CHAT, "messages": [{"role": "user", "content": "leaves-thinking"}]}).encode()
+        body = {**CHAT, "messages": [{"role": "user", "content": "leaves-thinking"}]}
         tokens = ["<think>", "still reasoning", " and more", "</think>", "answer"]
-        headers = "".join(f"{k}: {v}\r\n" for k, v in mock_headers(gate=gate, tokens=tokens).items())
         lines_before = len(proxy.lines)
         with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-            sock.sendall(
-                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                + headers.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
-            )
+            sock.sendall(http_request("/v1/chat/completions", body, gate=gate, tokens=tokens))
             wait_for(lambda: openai_upstream.gate_waiting(gate))
             sock.recv(65536)
-        row = wait_for(lambda: next((r for r in get(proxy, "/api/logs?q=leaves-thinking")[1]["logs"] if r["state"] != "inflight"), None))
+        row = rows_with(proxy, "leaves-thinking")[0]
         assert row["state"] == "aborted"
         assert not get(proxy, "/api/inflight")[1]["inflight"]
         openai_upstream.release(gate)
@@ -196,7 +184,7 @@ class TestBodies:
         status, _ = post(proxy, "/v1/embeddings", {"model": "gpt-4", "input": text})
         assert status == 200
         assert len(openai_upstream.requests[-1]["body"]) > 10 * 1024 * 1024
-        row = wait_for(lambda: next((r for r in get(proxy, "/api/logs?limit=5")[1]["logs"] if r["path"] == "/v1/embeddings" and r["state"] == "completed"), None))
+        row = row_for(proxy, "/v1/embeddings", state="completed")
         detail = get(proxy, f"/api/logs/{row['id']}")[1]
         assert len(detail["request_body"]) < 300_000 and "truncated" in detail["request_body"]
         assert row["request_bytes"] > 10 * 1024 * 1024
@@ -212,9 +200,7 @@ class TestBodies:
         ids=["10000-deep", "model-number", "model-null", "binary"],
     )
     def test_odd_bodies_pass_untouched(self, proxy, openai_upstream, body):
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
-        conn.getresponse().read()
+        post(proxy, "/v1/completions", body)
         assert openai_upstream.requests[-1]["body"] == body
         still_serving(proxy)
 
@@ -233,9 +219,7 @@ class TestBodies:
         count = 50 * 1024 * 1024 // len(token) + 1
         proxy = scripted(lambda: sse_response(token for _ in range(count)))
         before = rss_peak_mb(proxy)
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=60)
-        conn.request("POST", "/v1/chat/completions", json.dumps(CHAT))
-        response = conn.getresponse()
+        response = open_stream(proxy, "/v1/chat/completions", CHAT, timeout=60)
         received = 0
         while chunk := response.read(1 << 20):
             received += len(chunk)

@@ -14,7 +14,6 @@ from rerouter.framing import LineFramer
 from rerouter.framing import SSEFramer
 from rerouter.framing import ends_with_last_event
 from rerouter.framing import supports_encoding
-from tests.conftest import chat_chunk
 from rerouter.thinking import ANSWER
 from rerouter.thinking import KEEP
 from rerouter.thinking import REASONING
@@ -23,6 +22,7 @@ from rerouter.thinking import OpenAIChunkEditor
 from rerouter.thinking import Reasoning
 from rerouter.thinking import split_think
 from rerouter.thinking import strip_think
+from tests.helpers import chat_chunk
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
 

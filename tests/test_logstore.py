@@ -18,6 +18,7 @@ from logstore import MIGRATIONS
 from logstore import ROW_FIELDS
 from logstore import TRUNCATED
 from logstore import LogStore
+from tests.helpers import wait_for
 
 SECRET = "sk-live-S3CR3T-do-not-log"
 NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
@@ -56,13 +57,6 @@ def request(id: str, started_at: float = NOW, **fields) -> dict:
     }
     row.update(fields)
     return row
-
-
-def wait_for(condition, timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        time.sleep(0.01)
 
 
 def total(store: LogStore, **filters) -> int:

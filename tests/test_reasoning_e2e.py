@@ -6,22 +6,23 @@ MODEL_MAP routes gpt-4 -> llama3-70b and gpt-3.5-turbo -> qwen3:8b; THINK_OPEN_M
 the qwen3 models, so gpt-3.5-turbo answers start inside a think block and gpt-4's do not.
 """
 
-import http.client
 import json
-import time
 import uuid
 
-import ollama
 import openai
 import pytest
 
-from tests.test_streams_e2e import data_objects
-from tests.test_streams_e2e import open_stream
-from tests.test_streams_e2e import sse_text
-from tests.upstream import mock_headers
+from tests.helpers import data_objects
+from tests.helpers import ollama_client
+from tests.helpers import ollama_stream
+from tests.helpers import open_stream
+from tests.helpers import openai_client
+from tests.helpers import openai_stream
+from tests.helpers import rows_with
+from tests.helpers import sse_text
+from tests.upstream import ANSWER
+from tests.upstream import REASONING
 
-REASONING = "Let me think about this."
-ANSWER = "Hello world, this is the answer."
 TEMPLATE_OPENED = f"{REASONING}</think>\n\n{ANSWER}"  # the template wrote <think> into the prompt
 OPEN = "gpt-3.5-turbo"  # routed to qwen3:8b, a THINK_OPEN_MODELS model
 OTHER = "gpt-4"  # routed to llama3-70b
@@ -40,38 +41,9 @@ def separating(module_rerouter):
     return module_rerouter("python", {**COMMON, "STRIP_THINKING": "separate"})
 
 
-def openai_client(proxy, **mock) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0, default_headers=mock_headers(**mock))
-
-
-def ollama_client(proxy, **mock) -> ollama.Client:
-    return ollama.Client(host=proxy.url, headers=mock_headers(**mock))
-
-
 def ask(client: openai.OpenAI, model: str, stream: bool, prompt: str = "hi", **extra):
     messages = [{"role": "user", "content": prompt}]
     return client.chat.completions.create(model=model, messages=messages, stream=stream, **extra)
-
-
-def openai_stream(stream) -> tuple[str, str, set[str]]:
-    """Content, reasoning_content and the model names of a streamed chat answer, as the client parsed them."""
-    content, reasoning, models = "", "", set()
-    for chunk in stream:
-        models.add(chunk.model)
-        for choice in chunk.choices:
-            content += choice.delta.content or ""
-            reasoning += getattr(choice.delta, "reasoning_content", None) or ""
-    return content, reasoning, models
-
-
-def ollama_stream(parts) -> tuple[str, str, set[str]]:
-    content, thinking, models = "", "", set()
-    for part in parts:
-        models.add(part.model)
-        message = getattr(part, "message", None)
-        content += (message.content if message else part.response) or ""
-        thinking += (message.thinking if message else part.thinking) or ""
-    return content, thinking, models
 
 
 class TestTemplateOpened:
@@ -265,25 +237,6 @@ class TestEcho:
         assert openai_stream(ask(openai_client(separating), OTHER, True))[2] == {"llama3-70b"}
 
 
-def rows(proxy, marker: str) -> list[dict]:
-    """The finished rows of the requests whose body holds marker."""
-    deadline = time.monotonic() + 10
-    while True:
-        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-        conn.request("GET", f"/api/logs?q={marker}")
-        found = json.loads(conn.getresponse().read())["logs"]
-        if found and all(row["state"] != "inflight" for row in found):
-            return found
-        assert time.monotonic() < deadline, f"no finished row for {marker}"
-        time.sleep(0.05)
-
-
-def row(proxy, marker: str) -> dict:
-    found = rows(proxy, marker)
-    assert len(found) == 1
-    return found[0]
-
-
 class TestRows:
     """What the log records: reasoning_chars, lone_think_close, response_model, reasoned anyway."""
 
@@ -293,7 +246,7 @@ class TestRows:
         result = ask(openai_client(dropping, text=TEMPLATE_OPENED), OTHER, stream, prompt=marker)
         if stream:
             openai_stream(result)
-        found = row(dropping, marker)
+        [found] = rows_with(dropping, marker)
         assert found["lone_think_close"] is True
         assert (found["requested_model"], found["routed_model"], found["response_model"]) == (OTHER, "llama3-70b", "llama3-70b")
         assert found["reasoning_chars"] == (0 if stream else len(REASONING))
@@ -304,7 +257,7 @@ class TestRows:
         parts = ollama_client(dropping, tokens=5).chat(model=OPEN, messages=[{"role": "user", "content": marker}], stream=stream)
         if stream:
             list(parts)
-        found = row(dropping, marker)
+        [found] = rows_with(dropping, marker)
         assert found["reasoned_anyway"] is True
         assert found["reasoning_chars"] == len(REASONING)
         assert found["lone_think_close"] is False
@@ -312,7 +265,7 @@ class TestRows:
     def test_thinking_that_stayed_off(self, dropping):
         marker = uuid.uuid4().hex
         ask(openai_client(dropping, text="<think>\n\n</think>\n\n" + ANSWER), OTHER, False, prompt=marker)
-        found = row(dropping, marker)
+        [found] = rows_with(dropping, marker)
         assert found["reasoned_anyway"] is False
 
 

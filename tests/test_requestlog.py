@@ -1,4 +1,3 @@
-import asyncio
 import json
 import time
 from pathlib import Path
@@ -17,10 +16,12 @@ from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
 from rerouter.rules import Rules
 from rerouter.settings import Settings
-from tests.conftest import dashboard_addons
-from tests.conftest import json_response
-from tests.conftest import reverse_flow
-from tests.conftest import start
+from tests.helpers import dashboard_addons
+from tests.helpers import json_response
+from tests.helpers import reverse_flow
+from tests.helpers import start
+from tests.helpers import wait_for
+from tests.helpers import wait_for_async
 
 
 def record() -> Inflight:
@@ -56,11 +57,11 @@ def logged(settings_env, tmp_path):
 
 
 def stored(log: RequestLog, flow_id: str, state: str = "completed") -> dict:
-    deadline = time.monotonic() + 5
-    while (row := log.store.get(flow_id)) is None or row["state"] != state:
-        assert time.monotonic() < deadline, row
-        time.sleep(0.02)
-    return row
+    def check():
+        row = log.store.get(flow_id)
+        return row if row is not None and row["state"] == state else None
+
+    return wait_for(check)
 
 
 class TestRequestLog:
@@ -205,8 +206,7 @@ class TestDashboard:
         view.add([f])
         f.live = False
         dash.response(f)
-        await asyncio.sleep(0.05)
-        assert len(view) == 0
+        await wait_for_async(lambda: len(view) == 0)
 
 
 @pytest.fixture
@@ -223,11 +223,11 @@ async def ask(dash: Dashboard, path: str, method: str = "GET", **headers) -> htt
 
 
 class TestToken:
-    @pytest.mark.parametrize("path", ["/api/stats", "/api/logs", "/api/inflight", "/api/logs/abc"])
-    async def test_json_routes_need_it(self, guarded, path):
+    @pytest.mark.parametrize("path, status", [("/api/stats", 200), ("/api/logs", 200), ("/api/inflight", 200), ("/api/logs/abc", 404)])
+    async def test_json_routes_need_it(self, guarded, path, status):
         assert (await ask(guarded, path)).response.status_code == 401
         assert (await ask(guarded, path, authorization="Bearer wrong")).response.status_code == 401
-        assert (await ask(guarded, path, authorization="Bearer s3cret-token-for-tests")).response.status_code in (200, 404)
+        assert (await ask(guarded, path, authorization="Bearer s3cret-token-for-tests")).response.status_code == status
 
     async def test_the_page_shows_its_login_form_without_it(self, guarded):
         assert (await ask(guarded, "/")).response.status_code == 200
@@ -269,14 +269,6 @@ async def test_crafted_paths_are_not_local(logged, path):
     [("0.0.0.0", "", True), ("192.168.1.5", "", True), ("", "", True), ("0.0.0.0", "t" * 16, False), ("127.0.0.1", "", False), ("::1", "", False), ("localhost", "", False)],
 )
 def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
-    settings_env.setenv("LISTEN_HOST", host)
-    settings_env.setenv("DASHBOARD_TOKEN", token)
-    s = Settings()
-    log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
-    with taddons.context(s, dash, log) as tctx:
-        start(tctx, s, log)
+    with dashboard_addons(settings_env, tmp_path, LISTEN_HOST=host, DASHBOARD_TOKEN=token) as dash:
         dash.running()
-        log.done()
     assert ("DASHBOARD_TOKEN" in caplog.text) == warned

@@ -1,64 +1,35 @@
 """The request log, its JSON API and the in-flight list, through a real rerouter process."""
 
-import http.client
 import json
 import shutil
 import socket
 import stat
-import time
 import uuid
 from pathlib import Path
 
-import ollama
-import openai
 import pytest
 
-from tests.upstream import mock_headers
+from tests.helpers import get
+from tests.helpers import http_request
+from tests.helpers import ollama_client
+from tests.helpers import open_stream
+from tests.helpers import openai_client
+from tests.helpers import post
+from tests.helpers import row_for
+from tests.helpers import wait_for
+from tests.upstream import ANSWER
 
 SECRET = "sk-very-secret-" + uuid.uuid4().hex
-ANSWER = "Hello world, this is the answer."
-
-
-def get(proxy, path: str) -> tuple[int, object]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    body = response.read()
-    return response.status, json.loads(body) if response.headers.get("content-type", "").startswith("application/json") else body
-
-
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-def row_for(proxy, path: str, state: str | None = None) -> dict:
-    """The newest row for `path` once it has left the in-flight state (or reached `state`)."""
-
-    def check():
-        rows = get(proxy, "/api/logs?limit=500")[1]["logs"]
-        for row in rows:
-            if row["path"] == path and (row["state"] == state if state else row["state"] != "inflight"):
-                return row
-        return None
-
-    return wait_for(check)
 
 
 @pytest.fixture(scope="module")
 def proxy(module_rerouter):
     proxy = module_rerouter("python")
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=SECRET, max_retries=0)
+    client = openai_client(proxy, api_key=SECRET)
     client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "plain"}])
     list(client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "streamed"}], stream=True))
-    list(ollama.Client(host=proxy.url).chat(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "llama"}], stream=True))
-    ollama.Client(host=proxy.url).generate(model="other", prompt="gen", stream=False)
+    list(ollama_client(proxy).chat(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "llama"}], stream=True))
+    ollama_client(proxy).generate(model="other", prompt="gen", stream=False)
     wait_for(lambda: get(proxy, "/api/stats")[1]["total"] >= 4 and not get(proxy, "/api/inflight")[1]["inflight"])
     return proxy
 
@@ -176,10 +147,8 @@ def test_secrets_never_stored(proxy):
 
 def test_secret_query_parameters_are_masked_everywhere(proxy, openai_upstream):
     gate = uuid.uuid4().hex
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
     body = {"model": "gpt-4", "messages": [{"role": "user", "content": "keyed"}], "stream": True}
-    conn.request("POST", f"/v1/chat/completions?key={SECRET}&alt=sse", json.dumps(body), mock_headers(gate=gate))
-    response = conn.getresponse()
+    response = open_stream(proxy, f"/v1/chat/completions?key={SECRET}&alt=sse", body, gate=gate)
     response.read1(1)
     inflight = wait_for(lambda: get(proxy, "/api/inflight")[1]["inflight"])
     openai_upstream.release(gate)
@@ -208,8 +177,7 @@ def test_database_of_the_previous_release_is_upgraded(rerouter, tmp_path):
     assert [row["id"] for row in body["logs"]] == ["v1-inflight", "v1-error", "v1-ollama", "v1-stream"]
     assert body["logs"][-1]["reasoning_chars"] == 0 and body["logs"][-1]["first_token_ms"] is None
     assert get(proxy, "/api/logs/v1-stream")[1]["response_text"] == "Hello from version one."
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-x", max_retries=0)
-    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "after-the-upgrade"}])
+    openai_client(proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "after-the-upgrade"}])
     new = wait_for(lambda: get(proxy, "/api/logs?q=after-the-upgrade&state=completed")[1]["logs"])
     assert new[0]["routed_model"] == "llama3-70b"
     assert get(proxy, "/api/stats")[1]["total"] == 5
@@ -223,10 +191,8 @@ def proxy_db_files(proxy) -> list[Path]:
 
 def test_inflight_while_streaming_and_gone_after(proxy, openai_upstream):
     gate = uuid.uuid4().hex
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
     body = {"model": "gpt-4", "messages": [{"role": "user", "content": "slow"}], "stream": True}
-    conn.request("POST", "/v1/chat/completions", json.dumps(body), mock_headers(gate=gate))
-    response = conn.getresponse()
+    response = open_stream(proxy, "/v1/chat/completions", body, gate=gate)
     response.read1(1)
     inflight = wait_for(lambda: get(proxy, "/api/inflight")[1]["inflight"])
     assert inflight[0]["path"] == "/v1/chat/completions"
@@ -241,13 +207,9 @@ def test_inflight_while_streaming_and_gone_after(proxy, openai_upstream):
 
 def test_client_disconnect_mid_stream_is_aborted(proxy, openai_upstream):
     gate = uuid.uuid4().hex
-    body = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "leaving"}], "stream": True}).encode()
-    headers = "".join(f"{k}: {v}\r\n" for k, v in mock_headers(gate=gate).items())
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "leaving"}], "stream": True}
     with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + headers.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
-        )
+        sock.sendall(http_request("/v1/chat/completions", body, gate=gate))
         assert b"200" in sock.recv(65536)
     row = row_for(proxy, "/v1/chat/completions", state="aborted")
     assert row["status"] == 200 and row["error"] == "Client disconnected."
@@ -258,9 +220,7 @@ def test_client_disconnect_mid_stream_is_aborted(proxy, openai_upstream):
 def test_failed_upstream_rows(rerouter):
     dead = "http://127.0.0.1:9"
     proxy = rerouter("python", {"UPSTREAM_URL": dead, "OLLAMA_UPSTREAM_URL": dead})
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "gpt-4"}))
-    assert conn.getresponse().status == 502
+    assert post(proxy, "/v1/chat/completions", {"model": "gpt-4"})[0] == 502
     row = row_for(proxy, "/v1/chat/completions")
     assert (row["state"], row["status"]) == ("error", 502)
     assert "Connect call failed" in row["error"]
@@ -270,9 +230,7 @@ def test_failed_upstream_rows(rerouter):
 
 def test_timeout_rows(rerouter):
     proxy = rerouter("python", {"REQUEST_TIMEOUT": "0.5"})
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("POST", "/v1/chat/completions", json.dumps({"model": "gpt-4"}), mock_headers(hang=3))
-    assert conn.getresponse().status == 504
+    assert post(proxy, "/v1/chat/completions", {"model": "gpt-4"}, hang=3)[0] == 504
     row = row_for(proxy, "/v1/chat/completions")
     assert (row["state"], row["status"], row["error"]) == ("error", 504, "no response headers within 0.5 s")
 
@@ -297,11 +255,7 @@ def test_unusable_db_path_stops_startup(rerouter, tmp_path):
 
 @pytest.mark.parametrize("path", ["/v1/../api/logs", "//api/logs", "/api%2Flogs", "/api/logs/a/b"])
 def test_crafted_paths_go_upstream(proxy, openai_upstream, ollama_upstream, path):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", path)
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 404, "the mock upstream's answer"
+    assert get(proxy, path)[0] == 404, "the mock upstream's answer"
     seen = [r["path"] for r in openai_upstream.requests + ollama_upstream.requests]
     assert path in seen
 
@@ -311,10 +265,8 @@ def test_token_guards_the_api_not_the_traffic(rerouter, openai_upstream):
     proxy = rerouter("python", {"DASHBOARD_TOKEN": token})
     assert get(proxy, "/api/stats")[0] == 401
     assert get(proxy, "/")[0] == 200, "the page shows its login form"
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=10)
-    conn.request("GET", "/api/stats", headers={"Authorization": f"Bearer {token}"})
-    assert conn.getresponse().status == 200
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-upstream", max_retries=0)
+    assert get(proxy, "/api/stats", {"Authorization": f"Bearer {token}"})[0] == 200
+    client = openai_client(proxy, api_key="sk-upstream")
     assert client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}]).choices
     assert openai_upstream.requests[-1]["headers"]["authorization"] == "Bearer sk-upstream"
     assert token not in proxy.output

@@ -8,9 +8,9 @@ from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.rules import Rules
 from rerouter.settings import Settings
-from tests.conftest import json_response
-from tests.conftest import reverse_flow
-from tests.conftest import start
+from tests.helpers import json_response
+from tests.helpers import reverse_flow
+from tests.helpers import start
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from rerouter.routing import ReverseProxy
 from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
 from rerouter.settings import Settings
-from tests.conftest import reverse_flow
-from tests.conftest import start
+from tests.helpers import reverse_flow
+from tests.helpers import start
 
 
 def started_router(**given):

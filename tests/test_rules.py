@@ -1,3 +1,4 @@
+import asyncio
 import json
 import logging
 import os
@@ -19,10 +20,13 @@ from rerouter.rules import WatchedFile
 from rerouter.rules import parse_rules_file
 from rerouter.rules import says_model_unknown
 from rerouter.settings import Settings
-from tests.conftest import json_response
-from tests.conftest import reverse_flow
-from tests.conftest import start
+from tests.helpers import json_response
+from tests.helpers import reverse_flow
+from tests.helpers import start
+from tests.helpers import wait_for_async
 
+POLL = 0.01
+"""Seconds between looks at the rules file here: the watch's real pace, quickened."""
 YAML_RULES = r"""
 # exact names first, then patterns in the order written
 gpt-4: llama3-70b
@@ -271,22 +275,23 @@ class TestRulesAddon:
     async def test_reload_broken_deleted_restored(self, rules_env, caplog):
         env, path = rules_env
         env.setenv("MODEL_MAP_FILE", str(path))
+        env.setattr("rerouter.rules.POLL_SECONDS", POLL)
         s, log, rules, _ = addons()
         with taddons.context(s, rules) as tctx:
             start(tctx, s, rules)
+            rules.running()
             rules.match("gpt-4")
             path.write_text("gpt-4: qwen3:8b\n'/x/': y\n")
-            await rules._reload(rules.file)
-            assert rules.model_map.route("gpt-4") == "qwen3:8b"
+            await wait_for_async(lambda: rules.model_map.route("gpt-4") == "qwen3:8b")
             assert [rule["hits"] for rule in rules.describe()["rules"]] == [1, 0], "hits of a rule that stays are kept"
 
             with caplog.at_level(logging.WARNING):
                 path.write_text("gpt-4: [oops\n")
-                await rules._reload(rules.file)
-                await rules._reload(rules.file)
+                await wait_for_async(lambda: rules.describe()["error"])
+                await asyncio.sleep(10 * POLL)  # more polls see the same problem
                 path.unlink()
-                await rules._reload(rules.file)
-                await rules._reload(rules.file)
+                await wait_for_async(lambda: "no such file" in rules.describe()["error"])
+                await asyncio.sleep(10 * POLL)
             warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
             assert len(warnings) == 2, "one line per problem, not per poll"
             assert warnings[0].startswith(f"MODEL_MAP_FILE {path}: invalid YAML: ") and "stay" in warnings[0]
@@ -295,8 +300,8 @@ class TestRulesAddon:
             assert rules.model_map.route("gpt-4") == "qwen3:8b"
 
             path.write_text("gpt-4: qwen3:8b\n'/x/': y\n")
-            await rules._reload(rules.file)
-            assert rules.describe()["error"] is None
+            await wait_for_async(lambda: rules.describe()["error"] is None)
+            rules.done()
 
     def test_unmatched_names_and_rejections(self, rules_env):
         env, path = rules_env

@@ -4,43 +4,22 @@ import json
 import os
 import threading
 import time
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import ollama
 import openai
 import pytest
 
-from tests.proxy import WEB_PASSWORD
-from tests.upstream import mock_headers
-
-ANSWER = "Hello world, this is the answer."
-
-
-def get(proxy, path: str, headers: dict | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(proxy.url + path, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
-def wait_for(check, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-    return result
+from tests.helpers import get
+from tests.helpers import ollama_client
+from tests.helpers import openai_client
+from tests.helpers import openai_stream
+from tests.helpers import wait_for
+from tests.upstream import ANSWER
 
 
 def targets(proxy) -> dict[str, str | None]:
     return {rule["key"]: rule["target"] for rule in get(proxy, "/api/rules")[1]["rules"]}
-
-
-def openai_client(proxy, **mock) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", default_headers=mock_headers(**mock), max_retries=0, timeout=30)
 
 
 def sent_upstream(upstream, marker: str) -> dict:
@@ -56,8 +35,7 @@ def ask(client: openai.OpenAI, marker: str, stream: bool) -> str:
     messages = [{"role": "user", "content": marker}]
     if not stream:
         return client.chat.completions.create(model="gpt-4", messages=messages).choices[0].message.content
-    chunks = client.chat.completions.create(model="gpt-4", messages=messages, stream=True)
-    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return openai_stream(client.chat.completions.create(model="gpt-4", messages=messages, stream=True))[0]
 
 
 def file_env(path) -> dict[str, str]:
@@ -178,7 +156,7 @@ def test_per_rule_params_openai_client(params_proxy, openai_upstream, stream):
     reply = client.chat.completions.create(
         model="gpt-4", messages=[{"role": "user", "content": marker}], temperature=1.5, logprobs=True, top_logprobs=2, stream=stream
     )
-    text = "".join(c.choices[0].delta.content or "" for c in reply if c.choices) if stream else reply.choices[0].message.content
+    text = openai_stream(reply)[0] if stream else reply.choices[0].message.content
     assert text == ANSWER
     body = sent_upstream(openai_upstream, marker)
     assert body["model"] == "llama3-70b"
@@ -189,7 +167,7 @@ def test_per_rule_params_openai_client(params_proxy, openai_upstream, stream):
 
 
 def test_per_rule_params_ollama_client(params_proxy, ollama_upstream):
-    client = ollama.Client(host=params_proxy.url, timeout=30)
+    client = ollama_client(params_proxy)
     marker = f"params-{uuid.uuid4().hex}"
     parts = list(client.chat(model="nothink-8b", messages=[{"role": "user", "content": marker}], options={"temperature": 0.5}, keep_alive="5m", stream=True))
     assert "".join(p.message.content for p in parts) == ANSWER
@@ -210,13 +188,7 @@ def test_mitmweb_comment_says_what_was_set_and_dropped(params_proxy):
         "model: gpt-4 -> llama3-70b; set temperature=0.2, chat_template_kwargs={\"enable_thinking\":false}; "
         "dropped logprobs; thinking off: no_think; thinking stripped; reasoned although thinking was off"
     )
-
-    def comments() -> list[str]:
-        request = urllib.request.Request(f"{params_proxy.web_url}flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return [flow.get("comment", "") for flow in json.load(response)]
-
-    wait_for(lambda: expected in comments())
+    wait_for(lambda: expected in [flow.get("comment", "") for flow in params_proxy.web_flows()])
 
 
 def test_routes_and_unmatched_names_survive_a_restart(rerouter, tmp_path):
@@ -228,7 +200,7 @@ def test_routes_and_unmatched_names_survive_a_restart(rerouter, tmp_path):
         client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.NotFoundError):
         openai_client(proxy, status=404).chat.completions.create(model="ghost", messages=[{"role": "user", "content": "hi"}])
-    ollama.Client(host=proxy.url).generate(model="llama-only", prompt="hi", stream=False)
+    ollama_client(proxy).generate(model="llama-only", prompt="hi", stream=False)
 
     status, described = get(proxy, "/api/rules")
     assert status == 200 and described["source"] == "env" and described["path"] is None and described["error"] is None

@@ -1,36 +1,19 @@
 """The three ways to run the rerouter, each driven by the real openai and ollama clients."""
 
-import json
-import urllib.request
-
-import ollama
-import openai
 import pytest
 
-from tests.proxy import WEB_PASSWORD
-from tests.upstream import mock_headers
+from tests.helpers import ollama_client
+from tests.helpers import ollama_stream
+from tests.helpers import openai_client
+from tests.helpers import openai_stream
+from tests.upstream import ANSWER
 
-ANSWER = "Hello world, this is the answer."
 FORMS = ["python", "mitmdump", "mitmweb"]
 
 
 @pytest.fixture(scope="module", params=FORMS)
 def proxy(request, module_rerouter):
     return module_rerouter(request.param)
-
-
-def openai_client(proxy, **mock) -> openai.OpenAI:
-    return openai.OpenAI(
-        base_url=f"{proxy.url}/v1",
-        api_key="sk-test",
-        default_headers=mock_headers(**mock),
-        max_retries=0,
-        timeout=30,
-    )
-
-
-def ollama_client(proxy, **mock) -> ollama.Client:
-    return ollama.Client(host=proxy.url, headers=mock_headers(**mock), timeout=30)
 
 
 def last_request(upstream) -> dict:
@@ -49,8 +32,7 @@ def test_openai_chat_streamed(proxy, openai_upstream):
         model="claude-3-haiku", messages=[{"role": "user", "content": "hi"}], stream=True
     )
     chunks = list(stream)
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == ANSWER
+    assert openai_stream(chunks)[0] == ANSWER
     assert last_request(openai_upstream)["json"]["model"] == "llama3-3-haiku"
     assert chunks[-1].choices[0].finish_reason == "stop"
 
@@ -63,7 +45,7 @@ def test_ollama_chat(proxy, ollama_upstream):
 
 def test_ollama_chat_streamed(proxy, ollama_upstream):
     parts = list(ollama_client(proxy).chat(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "hi"}], stream=True))
-    assert "".join(p.message.content for p in parts) == ANSWER
+    assert ollama_stream(parts)[0] == ANSWER
     assert parts[-1].done
     assert len(parts) > 3, "the answer arrives token by token"
 
@@ -84,8 +66,5 @@ def test_model_lists_show_aliases(proxy):
 def test_mitmweb_shows_what_changed(module_rerouter):
     proxy = module_rerouter("mitmweb")
     openai_client(proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
-    request = urllib.request.Request(f"{proxy.web_url}flows", headers={"Authorization": f"Bearer {WEB_PASSWORD}"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        flows = json.load(response)
-    comments = [f.get("comment", "") for f in flows]
+    comments = [f.get("comment", "") for f in proxy.web_flows()]
     assert "model: gpt-4 -> llama3-70b; thinking stripped" in comments

@@ -18,8 +18,9 @@ import pytest
 from mitmproxy import version
 
 from logstore import LogStore
+from tests.helpers import openai_client
+from tests.helpers import wait_for
 from tests.proxy import free_port
-from tests.test_requestlog_e2e import wait_for
 from tests.upstream import mock_headers
 
 TOKEN = "e2e-token-" + uuid.uuid4().hex
@@ -160,8 +161,7 @@ class TestSecretsStayHome:
 
     def test_nothing_secret_is_printed_at_the_default_detail(self, proxy):
         secret = "sk-" + uuid.uuid4().hex
-        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=secret, max_retries=0)
-        client.chat.completions.create(**CHAT)
+        openai_client(proxy, api_key=secret).chat.completions.create(**CHAT)
         cookie = login(proxy)
         call(proxy, "GET", "/api/stats", cookie=cookie)
         proxy.wait_for_output("/api/stats")
@@ -192,8 +192,7 @@ class TestTokens:
         assert form.status == 429
         time.sleep(int(refused.headers["retry-after"]))
         assert call(proxy, "GET", "/api/stats", **BEARER).status == 200
-        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-upstream", max_retries=0)
-        assert client.chat.completions.create(**CHAT).choices, "proxied traffic is never throttled"
+        assert openai_client(proxy, api_key="sk-upstream").chat.completions.create(**CHAT).choices, "proxied traffic is never throttled"
 
 
 @pytest.mark.slow

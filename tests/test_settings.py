@@ -19,7 +19,7 @@ from rerouter.settings import parse_seconds
 from rerouter.settings import parse_switches
 from rerouter.settings import parse_upstream
 from rerouter.thinking import Reasoning
-from tests.conftest import start
+from tests.helpers import start
 
 
 @pytest.mark.parametrize("word", ["true", "TRUE", "1", "yes", "Yes", " on "])

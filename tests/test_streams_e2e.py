@@ -7,52 +7,18 @@ import uuid
 
 import pytest
 
-from tests.upstream import mock_headers
+from tests.helpers import data_objects
+from tests.helpers import ndjson_text
+from tests.helpers import open_stream
+from tests.helpers import sse_text
+from tests.upstream import ANSWER
 
-ANSWER = "Hello world, this is the answer."
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
 
 @pytest.fixture(scope="module")
 def proxy(module_rerouter):
     return module_rerouter("python")
-
-
-def open_stream(proxy, path: str, body: dict, **mock) -> http.client.HTTPResponse:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    conn.request("POST", path, json.dumps(body), {"content-type": "application/json", **mock_headers(**mock)})
-    return conn.getresponse()
-
-
-def sse_events(raw: bytes) -> list[bytes]:
-    raw = raw.replace(b"\r\n", b"\n")
-    assert not raw or raw.endswith(b"\n\n"), raw[-80:]
-    return [e for e in raw.split(b"\n\n") if e]
-
-
-def data_objects(raw: bytes) -> list:
-    objects = []
-    for event in sse_events(raw):
-        data = [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            objects.append("[DONE]" if data == [b"[DONE]"] else json.loads(b"\n".join(data)))
-    return objects
-
-
-def sse_text(raw: bytes, index: int = 0) -> str:
-    return "".join(
-        c.get("delta", {}).get("content") or c.get("text") or ""
-        for o in data_objects(raw)
-        if o != "[DONE]"
-        for c in o["choices"]
-        if c["index"] == index
-    )
-
-
-def ndjson_text(raw: bytes) -> str:
-    lines = [json.loads(line) for line in raw.splitlines()]
-    assert lines[-1]["done"] is True
-    return "".join(line.get("response") or line.get("message", {}).get("content", "") for line in lines)
 
 
 @pytest.mark.parametrize(
@@ -153,9 +119,7 @@ def test_first_token_arrives_before_the_upstream_finishes(proxy, openai_upstream
 
 
 def test_plain_json_answer_is_stripped(proxy):
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    conn.request("POST", "/v1/chat/completions", json.dumps({**CHAT, "stream": False}), mock_headers(gzip=True))
-    response = conn.getresponse()
+    response = open_stream(proxy, "/v1/chat/completions", {**CHAT, "stream": False}, gzip=True)
     body = response.read()
     if response.headers.get("content-encoding") == "gzip":
         body = gzip.decompress(body)

@@ -13,9 +13,9 @@ from rerouter.stripping import KEEPALIVE_COMMENT
 from rerouter.stripping import KeepAlive
 from rerouter.stripping import ThinkStrip
 from rerouter.thinking import OpenAIChunkEditor
-from tests.conftest import json_response
-from tests.conftest import reverse_flow
-from tests.conftest import start
+from tests.helpers import json_response
+from tests.helpers import reverse_flow
+from tests.helpers import start
 
 
 @pytest.fixture

@@ -8,11 +8,12 @@ from mitmproxy.test import taddons
 
 from rerouter.flows import flow_state
 from rerouter.settings import Settings
-from tests.conftest import reverse_flow
-from tests.conftest import start
 from rerouter.upstream_failures import CLIENT_GONE
 from rerouter.upstream_failures import UpstreamFailures
 from rerouter.upstream_failures import install_error_answers
+from tests.helpers import reverse_flow
+from tests.helpers import start
+from tests.helpers import wait_for_async
 
 
 @pytest.fixture
@@ -110,11 +111,10 @@ async def test_timer_runs_until_response_headers(failures):
 
 async def test_expiry_marks_the_flow(failures, caplog):
     tctx, s, u = failures
+    tctx.configure(s, request_timeout="0.05")
     f = reverse_flow()
     u.request(f)
-    u.timers[f.id].cancel()
-    u._expire(f)
-    assert flow_state(f).timed_out is True
+    assert await wait_for_async(lambda: flow_state(f).timed_out) is True
     assert "cannot close the upstream connection" in caplog.text, "no live connection in a unit test"
 
 

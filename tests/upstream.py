@@ -35,7 +35,10 @@ from http import HTTPStatus
 from typing import Any
 
 DEFAULT_MODELS = ("llama3-70b", "qwen3:8b", "nomic-embed-text")
-DEFAULT_TEXT = "<think>Let me think about this.</think>\n\nHello world, this is the answer."
+REASONING = "Let me think about this."
+ANSWER = "Hello world, this is the answer."
+DEFAULT_TEXT = f"<think>{REASONING}</think>\n\n{ANSWER}"
+"""What the mock model says unless told otherwise; ANSWER is what a client gets with thinking stripped."""
 GARBAGE_BODY = b"<html>mock upstream garbage: this is not JSON</html>\n"
 HANG_LIMIT = 60.0  # longest a stuck stream waits for its client to go away
 EMBED_DIM = 8
