@@ -36,10 +36,6 @@ class Request:
         lines.append(f"Content-Length: {len(payload)}")
         return cls(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload, kind)
 
-    @classmethod
-    def delete(cls, host: str, path: str) -> Request:
-        return cls(f"DELETE {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode("latin-1"), "json")
-
 
 @dataclass
 class Outcome:

@@ -146,8 +146,8 @@ class Target:
 
 
 def start_mock(cpus: set[int] | None = None) -> Process:
-    """The mock upstream (tests/upstream.py, through the bench launcher that adds mock_repeat)."""
-    argv = [sys.executable, "-m", "bench.mock_upstream", "--port", "0"]
+    """The project's mock upstream (tests/upstream.py), which keeps no record when run on its own."""
+    argv = [sys.executable, "-m", "tests.upstream", "--port", "0"]
     mock = Process("mock upstream", argv, cpus=cpus)
     try:
         mock.wait_for_line(MOCK_LISTENING)

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,9 +25,15 @@ from hypothesis import assume
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests import upstream as upstream_module
+from tests.helpers import data_objects
+from tests.helpers import http_request
+from tests.helpers import ndjson_objects
+from tests.helpers import wait_for
+from tests.upstream import ANSWER
 from tests.upstream import DEFAULT_TEXT
 from tests.upstream import GARBAGE_BODY
+from tests.upstream import MODELS
+from tests.upstream import REASONING
 from tests.upstream import MockOptions
 from tests.upstream import MockUpstream
 from tests.upstream import go_time
@@ -36,8 +41,6 @@ from tests.upstream import mock_headers
 from tests.upstream import split_reasoning
 from tests.upstream import tokenize
 
-ANSWER = "Hello world, this is the answer."
-THOUGHT = "Let me think about this."
 CHAT = {"model": "llama3-70b", "messages": [{"role": "user", "content": "Say hello"}]}
 OLLAMA_CHAT = {"model": "qwen3:8b", "messages": [{"role": "user", "content": "Say hello"}]}
 
@@ -86,25 +89,9 @@ def send(
     return conn.getresponse()
 
 
-def sse_data(raw: bytes) -> list[str]:
-    """The `data:` payloads of an SSE body, in order."""
-    events = re.split(r"\r?\n\r?\n", raw.decode())
-    return [line[6:] for event in events for line in event.splitlines() if line.startswith("data: ")]
-
-
 def sse_json(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(d) for d in sse_data(raw) if d != "[DONE]"]
-
-
-def ndjson(raw: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in raw.splitlines()]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
+    """The JSON events of an SSE body, without its end marker."""
+    return [o for o in data_objects(raw) if o != "[DONE]"]
 
 
 # lifecycle and HTTP plumbing
@@ -125,8 +112,8 @@ def test_persistent_connection_serves_several_requests(mock: Harness) -> None:
     conn = mock.connect()
     assert send(conn, "/v1/models").read()
     sock = conn.sock
-    assert sse_data(send(conn, "/v1/chat/completions", {**CHAT, "stream": True}).read())[-1] == "[DONE]"
-    assert ndjson(send(conn, "/api/chat", OLLAMA_CHAT).read())[-1]["done"] is True
+    assert data_objects(send(conn, "/v1/chat/completions", {**CHAT, "stream": True}).read())[-1] == "[DONE]"
+    assert ndjson_objects(send(conn, "/api/chat", OLLAMA_CHAT).read())[-1]["done"] is True
     assert conn.sock is sock
     assert len(mock.server.requests) == 3
 
@@ -146,20 +133,14 @@ def test_chunked_request_body_is_read(mock: Harness) -> None:
     assert mock.server.requests[0]["json"] == {"model": "qwen3:8b", "stream": False, "prompt": "hi"}
 
 
-def test_requests_are_recorded_and_served_over_http(mock: Harness) -> None:
+def test_requests_are_recorded(mock: Harness) -> None:
     mock.fetch("/v1/chat/completions", CHAT, text="hi")
     [record] = mock.server.requests
     assert record["method"] == "POST" and record["path"] == "/v1/chat/completions"
     assert record["headers"]["x-mock-text"] == '"hi"' and record["json"] == CHAT
     assert json.loads(record["body"]) == CHAT
-    served = json.loads(mock.fetch("/_mock/requests")[1])
-    assert served == [dict(record, body=record["body"].decode())]  # control calls are not recorded
     mock.server.clear()
     assert mock.server.requests == []
-    mock.fetch("/v1/models")
-    conn = mock.connect()
-    conn.request("DELETE", "/_mock/requests")
-    assert conn.getresponse().status == 200 and mock.server.requests == []
 
 
 def test_unknown_path_is_a_json_404_in_its_family_shape(mock: Harness) -> None:
@@ -183,17 +164,16 @@ def test_bad_mock_header_is_a_400(mock: Harness) -> None:
     assert response.status == 400 and "x-mock" in json.loads(response.read())["error"]["message"]
 
 
-def test_script_mode_prints_its_port() -> None:
-    script = upstream_module.__file__
-    process = subprocess.Popen([sys.executable, script, "--port", "0"], stdout=subprocess.PIPE, text=True)
+def test_run_on_its_own_it_prints_its_port() -> None:
+    process = subprocess.Popen([sys.executable, "-m", "tests.upstream", "--port", "0"], stdout=subprocess.PIPE, text=True)
     try:
-        assert select.select([process.stdout], [], [], 10)[0], "no output from the script"
+        assert select.select([process.stdout], [], [], 10)[0], "no output from the mock"
         line = process.stdout.readline()
         match = re.fullmatch(r"listening on (http://127\.0\.0\.1:(\d+))\n", line)
         assert match, line
         with contextlib.closing(http.client.HTTPConnection("127.0.0.1", int(match[2]), timeout=5)) as conn:
             assert json.loads(send(conn, "/api/tags").read())["models"][0]["name"] == "llama3-70b"
-            assert json.loads(send(conn, "/_mock/requests").read())[0]["path"] == "/api/tags"
+            assert json.loads(send(conn, "/v1/chat/completions", CHAT).read())["choices"][0]["message"]["content"] == DEFAULT_TEXT
     finally:
         process.terminate()
         assert process.wait(5) == 0
@@ -204,12 +184,11 @@ def test_script_mode_prints_its_port() -> None:
 
 
 def test_openai_models(mock: Harness) -> None:
-    mock.server.models.append("extra")
     body = json.loads(mock.fetch("/v1/models")[1])
     assert body["object"] == "list"
-    assert [m["id"] for m in body["data"]] == ["llama3-70b", "qwen3:8b", "nomic-embed-text", "extra"]
+    assert [m["id"] for m in body["data"]] == ["llama3-70b", "qwen3:8b", "nomic-embed-text"]
     assert set(body["data"][0]) == {"id", "object", "created", "owned_by"} and body["data"][0]["object"] == "model"
-    assert [m.id for m in mock.openai().models.list()] == mock.server.models
+    assert [m.id for m in mock.openai().models.list()] == list(MODELS)
 
 
 def test_openai_chat_with_client(mock: Harness) -> None:
@@ -266,10 +245,10 @@ def test_openai_chat_n_choices_interleave(mock: Harness) -> None:
 def test_openai_reasoning_field(mock: Harness) -> None:
     raw = mock.fetch("/v1/chat/completions", {**CHAT, "stream": True}, reasoning="field")[1]
     deltas = [c["choices"][0]["delta"] for c in sse_json(raw)]
-    assert "".join(d.get("reasoning_content", "") for d in deltas) == THOUGHT
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == REASONING
     assert "".join(d.get("content", "") for d in deltas) == ANSWER
     message = json.loads(mock.fetch("/v1/chat/completions", CHAT, reasoning="field")[1])["choices"][0]["message"]
-    assert message == {"role": "assistant", "content": ANSWER, "reasoning_content": THOUGHT}
+    assert message == {"role": "assistant", "content": ANSWER, "reasoning_content": REASONING}
 
 
 def test_openai_completions(mock: Harness) -> None:
@@ -304,21 +283,18 @@ def test_openai_responses(mock: Harness) -> None:
 # Ollama shapes
 
 
-def test_ollama_tags_and_show(mock: Harness) -> None:
-    client = mock.ollama()
-    assert [m.model for m in client.list().models] == list(mock.server.models)
+def test_ollama_tags(mock: Harness) -> None:
+    assert [m.model for m in mock.ollama().list().models] == list(MODELS)
     raw = json.loads(mock.fetch("/api/tags")[1])["models"][1]
     assert raw["name"] == raw["model"] == "qwen3:8b" and len(raw["digest"]) == 64
     assert raw["details"]["parameter_size"] == "8B" and raw["modified_at"].endswith("Z")
-    shown = client.show("qwen3:8b")
-    assert shown.details.family == "qwen" and "FROM qwen3:8b" in shown.modelfile
 
 
 def test_ollama_chat_streams_by_default(mock: Harness) -> None:
     response, raw = mock.fetch("/api/chat", OLLAMA_CHAT)  # no "stream" field: Ollama streams
     assert response.getheader("content-type") == "application/x-ndjson"
     assert response.getheader("transfer-encoding") == "chunked"
-    lines = ndjson(raw)
+    lines = ndjson_objects(raw)
     assert all(line["model"] == "qwen3:8b" and line["created_at"].endswith("Z") for line in lines)
     assert all(line["message"]["role"] == "assistant" and line["done"] is False for line in lines[:-1])
     assert "".join(line["message"]["content"] for line in lines) == DEFAULT_TEXT
@@ -351,18 +327,12 @@ def test_ollama_chat_with_client(mock: Harness) -> None:
 def test_ollama_generate_and_thinking(mock: Harness) -> None:
     client = mock.ollama(reasoning="field")
     parts = list(client.generate(model="qwen3:8b", prompt="Say hello", stream=True))
-    assert "".join(p.thinking or "" for p in parts) == THOUGHT
+    assert "".join(p.thinking or "" for p in parts) == REASONING
     assert "".join(p.response for p in parts) == ANSWER and parts[-1].context
     chat = client.chat(model="qwen3:8b", messages=OLLAMA_CHAT["messages"], stream=False)
-    assert (chat.message.thinking, chat.message.content) == (THOUGHT, ANSWER)
-    final = ndjson(mock.fetch("/api/chat", OLLAMA_CHAT, reasoning="field")[1])[-1]
+    assert (chat.message.thinking, chat.message.content) == (REASONING, ANSWER)
+    final = ndjson_objects(mock.fetch("/api/chat", OLLAMA_CHAT, reasoning="field")[1])[-1]
     assert "thinking" not in final["message"]  # Go's omitempty
-
-
-def test_ollama_embed(mock: Harness) -> None:
-    result = mock.ollama().embed(model="nomic-embed-text", input=["a", "b"])
-    assert result.model == "nomic-embed-text" and len(result.embeddings) == 2
-    assert len(result.embeddings[0]) == 8 and result.embeddings[0] != result.embeddings[1]
 
 
 # Per-request knobs
@@ -370,9 +340,17 @@ def test_ollama_embed(mock: Harness) -> None:
 
 def test_token_splits(mock: Harness) -> None:
     raw = mock.fetch("/api/chat", OLLAMA_CHAT, text="abcdefg", tokens=3)[1]
-    assert [line["message"]["content"] for line in ndjson(raw)] == ["abc", "def", "g", ""]
+    assert [line["message"]["content"] for line in ndjson_objects(raw)] == ["abc", "def", "g", ""]
     raw = mock.fetch("/v1/chat/completions", {**CHAT, "stream": True}, tokens=["<thi", "nk>x</think>y"])[1]
     assert [c["choices"][0]["delta"].get("content") for c in sse_json(raw)[1:-1]] == ["<thi", "nk>x</think>y"]
+
+
+def test_repeat_sends_the_answer_over_and_over(mock: Harness) -> None:
+    raw = mock.fetch("/v1/chat/completions", {**CHAT, "stream": True}, text="ab", tokens=1, repeat=3)[1]
+    assert [c["choices"][0]["delta"].get("content") for c in sse_json(raw)[1:-1]] == ["a", "b"] * 3
+    whole = mock.ollama(text="ab", repeat=3).chat(model="m", messages=OLLAMA_CHAT["messages"], stream=False)
+    assert whole.message.content == "ababab"
+    assert send(mock.connect(), "/v1/chat/completions", CHAT, {"x-mock-repeat": "0"}).status == 400
 
 
 def test_crlf_and_keepalive_framing(mock: Harness) -> None:
@@ -409,22 +387,21 @@ def test_gate_holds_the_stream_after_the_first_token(mock: Harness) -> None:
         if line.startswith(b"data: "):
             events.append(json.loads(line[6:]))
     assert events[1]["choices"][0]["delta"]["content"] == "<think>"
-    wait_until(lambda: mock.server.gate_waiting("g1"))
+    wait_for(lambda: mock.server.gate_waiting("g1"))
     assert not mock.server.stream_finished("g1")
     mock.server.release("g1")
     rest = response.read()
     assert rest.endswith(b"data: [DONE]\n\n") and mock.server.stream_finished("g1")
 
 
-def test_gate_with_real_clients_and_http_control(mock: Harness) -> None:
+def test_gate_with_real_clients(mock: Harness) -> None:
     stream = iter(mock.openai(gate="g2").chat.completions.create(model="m", messages=CHAT["messages"], stream=True))
     assert next(stream).choices[0].delta.role == "assistant"
     assert next(stream).choices[0].delta.content == "<think>"
-    state = json.loads(mock.fetch("/_mock/state/g2")[1])
-    assert state["finished"] is False
-    assert json.loads(send(mock.connect(), "/_mock/release/g2", {}).read())["released"] is True
+    assert not mock.server.stream_finished("g2")
+    mock.server.release("g2")
     assert "".join(c.choices[0].delta.content or "" for c in stream) == DEFAULT_TEXT[len("<think>") :]
-    assert json.loads(mock.fetch("/_mock/state/g2")[1])["finished"] is True
+    assert mock.server.stream_finished("g2")
 
     parts = iter(mock.ollama(gate="g3").chat(model="m", messages=OLLAMA_CHAT["messages"], stream=True))
     assert next(parts).message.content == "<think>"
@@ -434,12 +411,9 @@ def test_gate_with_real_clients_and_http_control(mock: Harness) -> None:
 
 
 def test_write_bytes_one_sends_tiny_segments(mock: Harness) -> None:
-    request = json.dumps({**OLLAMA_CHAT, "stream": True}).encode()
-    knobs = mock_headers(write_bytes=1, write_pause=0.001, text="Hi")  # the pause outlasts our wake-up
-    head = "".join(f"{k}: {v}\r\n" for k, v in knobs.items())
+    request = http_request("/api/chat", {**OLLAMA_CHAT, "stream": True}, write_bytes=1, write_pause=0.001, text="Hi")  # the pause outlasts our wake-up
     with socket.create_connection(("127.0.0.1", mock.server.port), timeout=5) as sock:
-        head += f"Content-Length: {len(request)}\r\n"
-        sock.sendall(f"POST /api/chat HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + request)
+        sock.sendall(request)
         reads = [sock.recv(65536)]
         while not b"".join(reads).endswith(b"\r\n0\r\n\r\n"):
             reads.append(sock.recv(65536))
@@ -468,12 +442,12 @@ def test_content_length_stream(mock: Harness) -> None:
     response, raw = mock.fetch("/api/generate", {"model": "m", "prompt": "x"}, content_length=True, gzip=True)
     assert response.getheader("transfer-encoding") is None
     assert int(response.getheader("content-length")) == len(raw)
-    assert ndjson(zlib.decompress(raw, wbits=31))[-1]["done"] is True
+    assert ndjson_objects(zlib.decompress(raw, wbits=31))[-1]["done"] is True
 
 
 def test_delay_between_events(mock: Harness) -> None:
     started = time.monotonic()
-    lines = ndjson(mock.fetch("/api/chat", OLLAMA_CHAT, text="a b c", delay=0.05)[1])
+    lines = ndjson_objects(mock.fetch("/api/chat", OLLAMA_CHAT, text="a b c", delay=0.05)[1])
     assert len(lines) == 4 and time.monotonic() - started >= 3 * 0.05
 
 

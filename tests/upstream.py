@@ -1,13 +1,15 @@
 """
-A mock OpenAI-compatible + Ollama upstream for the rerouter's integration tests and benchmark.
+A mock OpenAI-compatible + Ollama upstream: the integration tests' server, the benchmark's, and
+a development tool for trying the rerouter without a model.
 
 It is a hand-written HTTP/1.1 server on plain asyncio streams so that it controls every byte on
 the socket: chunk boundaries, write sizes, framing quirks, gzip flushes, stalls and resets.
 Each request picks its behaviour through `x-mock-*` headers (see `MockOptions` and
 `mock_headers`), so real `openai` / `ollama` clients can drive it through default headers.
 
-Run as a script (`python tests/upstream.py [--port 0]`) it prints `listening on URL` and serves
-until killed; subprocess users reach the recorded requests and gates under `/_mock/`.
+In a test, `MockUpstream` runs in a thread and records every request it answers. Run on its own
+(`python -m tests.upstream [--port 0]`), as the benchmark does, it prints `listening on URL`,
+keeps no record (no one could read it) and serves until killed.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any
 
-DEFAULT_MODELS = ("llama3-70b", "qwen3:8b", "nomic-embed-text")
+MODELS = ("llama3-70b", "qwen3:8b", "nomic-embed-text")
 REASONING = "Let me think about this."
 ANSWER = "Hello world, this is the answer."
 DEFAULT_TEXT = f"<think>{REASONING}</think>\n\n{ANSWER}"
 """What the mock model says unless told otherwise; ANSWER is what a client gets with thinking stripped."""
 GARBAGE_BODY = b"<html>mock upstream garbage: this is not JSON</html>\n"
 HANG_LIMIT = 60.0  # longest a stuck stream waits for its client to go away
+MAX_REPEAT = 1_000_000
 EMBED_DIM = 8
 SSE_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
@@ -103,6 +106,7 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "garbage": _flag,
     "reset": int,
     "linger": float,
+    "repeat": int,
 }
 _ENCODERS: dict[str, Callable[[Any], str]] = {"text": json.dumps, "tokens": _encode_tokens}
 
@@ -127,6 +131,8 @@ class MockOptions:
         as llama.cpp ends its chunked body a moment after `data: [DONE]`.  gate: hold the stream after its first content event until
         released.  gzip: gzip the body, sync-flushed per event.  content_length: frame a stream
         with Content-Length instead of chunked.
+    repeat: the answer's pieces this many times over, for answers no header could carry (the
+        benchmark's 50 MB stream is one 2 KB token 22,727 times).
     A non-stream reply counts as one body event for hang_after, reset and gate.
     """
 
@@ -147,6 +153,7 @@ class MockOptions:
     garbage: bool = False
     reset: int | None = None
     linger: float = 0.0
+    repeat: int = 1
 
     def __post_init__(self) -> None:
         if self.reasoning not in ("tags", "field"):
@@ -157,6 +164,8 @@ class MockOptions:
             raise ValueError("x-mock-tokens must be at least 1")
         if self.write_bytes < 0:
             raise ValueError("x-mock-write-bytes must not be negative")
+        if not 1 <= self.repeat <= MAX_REPEAT:
+            raise ValueError(f"x-mock-repeat must be from 1 to {MAX_REPEAT}")
 
     @staticmethod
     def header_name(field: str) -> str:
@@ -238,8 +247,10 @@ class Answer:
     def from_options(cls, options: MockOptions) -> Answer:
         tokens = tokenize(options.text, options.tokens)
         if options.reasoning == "field":
-            return cls(tuple(split_reasoning(tokens)))
-        return cls(tuple(("content", t) for t in tokens if t))
+            pieces = tuple(split_reasoning(tokens))
+        else:
+            pieces = tuple(("content", t) for t in tokens if t)
+        return cls(pieces * options.repeat)
 
     def text(self, kind: str = "content") -> str:
         return "".join(piece for k, piece in self.pieces if k == kind)
@@ -423,9 +434,8 @@ class BodyEncoder:
 class Call:
     """One API request as the answer builders see it."""
 
-    def __init__(self, request: Request, options: MockOptions, models: Sequence[str]) -> None:
+    def __init__(self, request: Request, options: MockOptions) -> None:
         self.options = options
-        self.models = list(models)
         self.body: dict[str, Any] = request.json if isinstance(request.json, dict) else {}
         self.model = str(self.body.get("model") or self.body.get("name") or "")
         self.answer = Answer.from_options(options)
@@ -494,7 +504,7 @@ def _openai_sse(
 
 
 def openai_models(call: Call) -> Reply:
-    models = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in call.models]
+    models = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in MODELS]
     return json_reply({"object": "list", "data": models})
 
 
@@ -676,7 +686,7 @@ def _ollama_metrics(prompt: int, completion: int) -> dict[str, int]:
 
 def ollama_tags(call: Call) -> Reply:
     models = []
-    for name in call.models:
+    for name in MODELS:
         digest = hashlib.sha256(name.encode()).hexdigest()
         size = 100_000_000 + int(digest[:8], 16) * 2
         models.append(
@@ -725,34 +735,6 @@ def ollama_generate(call: Call) -> Reply:
     return _ollama_answer(call, payload, "prompt", context=list(range(1, len(call.answer.pieces) + 1)))
 
 
-def ollama_embed(call: Call) -> Reply:
-    inputs = _embed_inputs(call.body.get("input"))
-    tokens = sum(len(re.findall(r"\w+", t)) for t in inputs)
-    body = {
-        "model": call.model,
-        "embeddings": [_embedding(text) for text in inputs],
-        "total_duration": 3_000_000,
-        "load_duration": 1_000_000,
-        "prompt_eval_count": tokens,
-    }
-    return json_reply(body, go=True)
-
-
-def ollama_show(call: Call) -> Reply:
-    details = _ollama_details(call.model)
-    body = {
-        "license": "",
-        "modelfile": f"# Modelfile generated by the mock upstream\nFROM {call.model}\n",
-        "parameters": "temperature 0.6",
-        "template": "{{ .Prompt }}",
-        "details": details,
-        "model_info": {"general.architecture": details["family"], "general.basename": call.model},
-        "capabilities": ["completion", "thinking"],
-        "modified_at": "2025-05-01T12:00:00.000000000Z",
-    }
-    return json_reply(body, go=True)
-
-
 ROUTES: dict[tuple[str, str], Callable[[Call], Reply]] = {
     ("GET", "/v1/models"): openai_models,
     ("POST", "/v1/chat/completions"): openai_chat,
@@ -762,8 +744,6 @@ ROUTES: dict[tuple[str, str], Callable[[Call], Reply]] = {
     ("GET", "/api/tags"): ollama_tags,
     ("POST", "/api/chat"): ollama_chat,
     ("POST", "/api/generate"): ollama_generate,
-    ("POST", "/api/embed"): ollama_embed,
-    ("POST", "/api/show"): ollama_show,
 }
 
 
@@ -827,14 +807,13 @@ class Gates:
         with self._lock:
             self._finished.add(name)
 
-    def state(self, name: str) -> dict[str, Any]:
+    def waiting(self, name: str) -> bool:
         with self._lock:
-            return {
-                "name": name,
-                "waiting": self._waiting.get(name, 0) > 0,
-                "released": name in self._released,
-                "finished": name in self._finished,
-            }
+            return self._waiting.get(name, 0) > 0
+
+    def finished(self, name: str) -> bool:
+        with self._lock:
+            return name in self._finished
 
 
 # ---------------------------------------------------------------------------------------------
@@ -936,14 +915,14 @@ class ReplySender:
 class MockUpstream:
     """
     The mock server on 127.0.0.1, running in a background thread with its own event loop so
-    synchronous tests (and other processes) can talk to it. `models` may be edited while running.
+    synchronous tests (and other processes) can talk to it. With `record`, every API request it
+    answers is kept for `requests`.
     """
 
-    def __init__(self, models: Sequence[str] = DEFAULT_MODELS, port: int = 0) -> None:
-        self.models = list(models)
+    def __init__(self, port: int = 0, record: bool = True) -> None:
         self.port: int | None = None
         self._requested_port = port
-        self._log = RequestLog()
+        self._log = RequestLog() if record else None
         self._gates = Gates()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -994,10 +973,12 @@ class MockUpstream:
 
     @property
     def requests(self) -> list[dict[str, Any]]:
-        """Copies of the API requests received so far (not the /_mock/ control calls)."""
+        """Copies of the API requests received so far."""
+        assert self._log is not None, "started with record=False"
         return self._log.snapshot()
 
     def clear(self) -> None:
+        assert self._log is not None, "started with record=False"
         self._log.clear()
 
     def release(self, name: str) -> None:
@@ -1008,11 +989,11 @@ class MockUpstream:
 
     def stream_finished(self, name: str) -> bool:
         """True once a stream gated on `name` has written all its events."""
-        return self._gates.state(name)["finished"]
+        return self._gates.finished(name)
 
     def gate_waiting(self, name: str) -> bool:
         """True while a stream is held at gate `name`."""
-        return self._gates.state(name)["waiting"]
+        return self._gates.waiting(name)
 
     # serving
 
@@ -1059,9 +1040,8 @@ class MockUpstream:
     async def _answer(self, request: Request, sender: ReplySender) -> bool:
         """Answers one request; False when the connection must close."""
         close = not request.keep_alive
-        if request.path.startswith("/_mock/"):
-            return await sender.send(self._control(request), MockOptions(), False, close)
-        self._log.add(request.record())
+        if self._log is not None:
+            self._log.add(request.record())
         try:
             options = MockOptions.from_headers(request.headers)
         except (ValueError, TypeError) as exc:
@@ -1083,36 +1063,17 @@ class MockUpstream:
         if builder is None:
             return error_reply(path, 404, f"unknown endpoint {request.method} {path}"), False
         try:
-            return builder(Call(request, options, self.models)), True
+            return builder(Call(request, options)), True
         except (ValueError, TypeError) as exc:
             return error_reply(path, 400, str(exc)), False
-
-    def _control(self, request: Request) -> Reply:
-        """/_mock/ endpoints, for users in other processes."""
-        assert self._loop is not None
-        method, path = request.method, request.path
-        if path == "/_mock/requests" and method == "GET":
-            records = [dict(r, body=r["body"].decode("utf-8", "replace")) for r in self._log.snapshot()]
-            return json_reply(records)
-        if path == "/_mock/requests" and method == "DELETE":
-            self._log.clear()
-            return json_reply({"cleared": True})
-        name = path.rsplit("/", 1)[1]
-        if path.startswith("/_mock/release/") and method == "POST":
-            self._gates.release(name, self._loop)
-            return json_reply(self._gates.state(name))
-        if path.startswith("/_mock/state/") and method == "GET":
-            return json_reply(self._gates.state(name))
-        return error_reply(path, 404, f"unknown control endpoint {method} {path}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Mock OpenAI/Ollama upstream on 127.0.0.1.")
     parser.add_argument("--port", type=int, default=0, help="0 (default) picks a free port")
-    parser.add_argument("--model", action="append", dest="models", help="a model to list (repeatable)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    with MockUpstream(args.models or DEFAULT_MODELS, port=args.port) as upstream:
+    with MockUpstream(port=args.port, record=False) as upstream:
         print(f"listening on {upstream.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
