@@ -6,17 +6,17 @@ text), never for a row count that the page's previous state could satisfy as wel
 `expect` polls from its own isolated world; the page's CSP forbids the eval behind wait_for_function.
 """
 
-import json
 import os
 import re
 import shutil
-import urllib.request
 import uuid
 
-import openai
 import pytest
 from playwright import sync_api
 from playwright.sync_api import expect
+
+from tests.helpers import get
+from tests.helpers import openai_client
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 XSS_PROMPT = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
@@ -30,8 +30,7 @@ if not os.path.exists(CHROMIUM):
 
 
 def chat(proxy, content: str, model: str = "gpt-4") -> None:
-    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-browser-test", max_retries=0)
-    client.chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
+    openai_client(proxy).chat.completions.create(model=model, messages=[{"role": "user", "content": content}])
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +215,7 @@ def test_what_the_proxy_did_is_shown(page):
 
 def test_model_card_switches_to_requested_names_where_the_proxy_counts_them(page, proxy):
     expect(page.locator("#by-model")).to_contain_text("llama3-70b")
-    with urllib.request.urlopen(proxy.url + "/api/stats", timeout=10) as response:
-        counted = "by_requested_model" in json.load(response)
-    if not counted:
+    if "by_requested_model" not in get(proxy, "/api/stats")[1]:
         expect(page.locator("#model-names option[value=by_requested_model]")).to_be_disabled()
         return
     page.select_option("#model-names", "by_requested_model")

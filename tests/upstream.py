@@ -503,6 +503,17 @@ def _openai_sse(
     return sse_reply([(None, e) for e in events], call.options, gate_after)
 
 
+def _openai_head(call: Call, id_prefix: str, kind: str) -> dict[str, Any]:
+    """The fields every chat or completions answer (and each of its stream's chunks) starts with."""
+    return {
+        "id": _new_id(id_prefix),
+        "object": kind,
+        "created": int(time.time()),
+        "model": call.model,
+        "system_fingerprint": "fp_mock",
+    }
+
+
 def openai_models(call: Call) -> Reply:
     models = [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in MODELS]
     return json_reply({"object": "list", "data": models})
@@ -511,13 +522,7 @@ def openai_models(call: Call) -> Reply:
 def openai_chat(call: Call) -> Reply:
     n, answer = _choice_count(call), call.answer
     usage = _usage(call.prompt_tokens("messages"), len(answer.pieces) * n)
-    head = {
-        "id": _new_id("chatcmpl-"),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": call.model,
-        "system_fingerprint": "fp_mock",
-    }
+    head = _openai_head(call, "chatcmpl-", "chat.completion")
     if not call.stream(False):
         message = {"role": "assistant", "content": answer.text()}
         if answer.text("reasoning"):
@@ -538,13 +543,7 @@ def openai_completions(call: Call) -> Reply:
     n = _choice_count(call)
     answer = Answer.from_options(dataclasses.replace(call.options, reasoning="tags"))  # no field here
     usage = _usage(call.prompt_tokens("prompt"), len(answer.pieces) * n)
-    head = {
-        "id": _new_id("cmpl-"),
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": call.model,
-        "system_fingerprint": "fp_mock",
-    }
+    head = _openai_head(call, "cmpl-", "text_completion")
 
     def choice(index: int, text: str, finish: str | None) -> dict[str, Any]:
         return {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
