@@ -3,9 +3,11 @@ What the test modules share; fixtures are in conftest.py, the mock upstream in u
 rerouter processes in proxy.py.
 
 - waiting for an outcome: `wait_for`, `wait_for_async`;
-- flows as mitmproxy's hooks see them, for unit tests: `reverse_flow`, `json_response`, `chat_chunk`, `start`;
+- flows as mitmproxy's hooks see them, for unit tests: `reverse_flow`, `json_response`, `chat_chunk`,
+  `start`, `dashboard_addons`;
 - a running rerouter (or the mock itself) driven as clients drive it: `post`, `get`, `open_stream`,
-  `openai_client`, `ollama_client`, and its log read through the JSON API: `row_for`, `rows_with`;
+  `http_request`, `openai_client`, `ollama_client`, and its log read through the JSON API:
+  `row_for`, `rows_with`;
 - what a streamed answer said: `data_objects`, `sse_text`, `ndjson_text`, `openai_stream`, `ollama_stream`.
 """
 
