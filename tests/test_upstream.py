@@ -28,6 +28,8 @@ from hypothesis import strategies as st
 from tests.helpers import data_objects
 from tests.helpers import http_request
 from tests.helpers import ndjson_objects
+from tests.helpers import ollama_client
+from tests.helpers import openai_client
 from tests.helpers import wait_for
 from tests.upstream import ANSWER
 from tests.upstream import DEFAULT_TEXT
@@ -62,13 +64,10 @@ class Harness:
         return response, response.read()
 
     def openai(self, **options: Any) -> openai.OpenAI:
-        url, headers = self.server.url + "/v1", mock_headers(**options)
-        client = openai.OpenAI(base_url=url, api_key="x", default_headers=headers, max_retries=0, timeout=10)
-        return self._stack.enter_context(client)
+        return self._stack.enter_context(openai_client(self.server, **options))
 
     def ollama(self, **options: Any) -> ollama.Client:
-        client = ollama.Client(host=self.server.url, headers=mock_headers(**options), timeout=10)
-        return self._stack.enter_context(client)
+        return self._stack.enter_context(ollama_client(self.server, **options))
 
     def close(self) -> None:
         self._stack.close()
