@@ -18,7 +18,8 @@ _WHITESPACE = re.compile(r"\s*")
 
 # What raw JSON must contain to hold a think tag or a reasoning field; Go's JSON encoder
 # (Ollama) writes `<` as \u003c. Without any of these a body or event needs no edit.
-_REASONING_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
+# Plain substring tests: a regex alternation stops at every "r" and "t" of the text, 4x slower.
+_REASONING_HINTS = (b"<", b"\\u003c", b"\\u003C", b"reasoning", b"thinking")
 
 _OPENAI_REASONING = ("reasoning_content", "reasoning")
 _OLLAMA_REASONING = ("thinking",)
@@ -100,7 +101,7 @@ class ThinkFilter:
 
 def may_hold_reasoning(raw: bytes) -> bool:
     """A cheap look at raw JSON bytes, so that most answers and events are never parsed."""
-    return _REASONING_HINT.search(raw) is not None
+    return any(hint in raw for hint in _REASONING_HINTS)
 
 
 def strip_think(text: str) -> str:
