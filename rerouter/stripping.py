@@ -5,8 +5,10 @@ Think stripping on responses: plain JSON answers in `response`, live streams in 
 from mitmproxy import http
 
 from rerouter.flows import annotate
+from rerouter.flows import decoded
 from rerouter.flows import json_object
 from rerouter.flows import media_type
+from rerouter.flows import note
 from rerouter.flows import set_json
 from rerouter.framing import EventStream
 from rerouter.framing import supports_encoding
@@ -59,6 +61,8 @@ class ThinkStrip:
         if stream is not None:
             if stream.stripped:
                 annotate(flow, "thinking stripped")
+            if stream.note:
+                note(flow, stream.note)
             return
         if response is None or response.stream or not self.settings.strip_thinking:
             return
@@ -66,7 +70,7 @@ class ThinkStrip:
             flow.request.method != "POST"
             or not 200 <= response.status_code < 300
             or media_type(response) != "application/json"
-            or not may_hold_reasoning(response.get_content(strict=False) or b"")
+            or not may_hold_reasoning(decoded(response) or b"")
         ):
             return
         body = json_object(response)
