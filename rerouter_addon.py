@@ -18,6 +18,9 @@ import os
 import sys
 
 from dashboard import Dashboard
+from dashboard import is_local_request
+from rerouter.buffering import Buffering
+from rerouter.buffering import Reclaim
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
@@ -31,13 +34,16 @@ request_log = RequestLog(settings)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
 # anything could send them upstream; routing picks the upstream before the timeout starts and the
-# rewrite records the model names; the think filter wraps the answer's stream before the log,
-# which comes last so it sees the rewritten request and the stream exactly as the client gets it.
+# rewrite records the model names; buffering decides which bodies stream before the think filter
+# wraps the answer's stream and the log, which comes last so it sees the rewritten request and the
+# stream exactly as the client gets it.
 addons = [
     settings,
     Dashboard(settings, request_log),
     ReverseProxy(settings),
     UpstreamFailures(settings),
+    Buffering(settings, is_local_request),
+    Reclaim(),
     ModelRewrite(settings),
     ThinkStrip(settings),
     request_log,
@@ -48,6 +54,7 @@ USER_FLAGS = {
     "listen_host": ("--listen-host",),
     "listen_port": ("--listen-port", "-p"),
     "connection_strategy": (),
+    "stream_large_bodies": (),
 }
 
 

@@ -70,6 +70,12 @@ def is_local(path: str) -> bool:
     return path in STATIC or path in API or LOG_DETAIL.fullmatch(path) is not None
 
 
+def is_local_request(request: http.Request) -> bool:
+    """A request for one of the dashboard's paths, whatever its method: never to be streamed upstream."""
+    path = request.path.partition("?")[0]
+    return path == "/login" or is_local(path)
+
+
 def session(token: str) -> str:
     """The login cookie's value: derived from the token, so the token itself never sits in a browser."""
     return hmac.new(token.encode(), b"rerouter dashboard session", "sha256").hexdigest()

@@ -17,6 +17,8 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
+from rerouter.decoding import sample
+from rerouter.flows import body_sample
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.routing import is_ollama_path
@@ -30,6 +32,21 @@ STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_
 
 
 @dataclass
+class BodySample:
+    """A streamed body as it passes: its size, and its first `cap` bytes for the log."""
+
+    cap: int
+    size: int = 0
+    head: bytearray = field(default_factory=bytearray)
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+
+
+@dataclass
 class Inflight:
     """What the dashboard shows of a request while it runs."""
 
@@ -40,8 +57,7 @@ class Inflight:
     routed_model: str | None
     started_at: float
     started: float  # time.monotonic(), for durations
-    response_bytes: int = 0
-    delivered: bytearray = field(default_factory=bytearray)  # the streamed body, up to the log's cap
+    delivered: BodySample  # the streamed answer as the client gets it
 
     def as_dict(self, now: float) -> dict:
         return {
@@ -52,20 +68,19 @@ class Inflight:
             "routed_model": self.routed_model,
             "started_at": iso_utc(self.started_at),
             "elapsed_ms": round((now - self.started) * 1000, 1),
-            "response_bytes": self.response_bytes,
+            "response_bytes": self.delivered.size,
         }
 
 
 class DeliveredStream:
     """
-    Wraps a response's stream to see what the client really gets: counted as it
-    passes, and kept up to the log's cap, so the log holds the stream as delivered.
+    Wraps a streamed body to see what its receiver really gets: counted as it
+    passes, and kept up to the log's cap, so the log holds the body as delivered.
     """
 
-    def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, record: Inflight, cap: int) -> None:
+    def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, sample: BodySample) -> None:
         self.inner = inner
-        self.record = record
-        self.cap = cap
+        self.sample = sample
 
     def __call__(self, data: bytes) -> list[bytes]:
         if callable(self.inner):
@@ -73,12 +88,8 @@ class DeliveredStream:
             chunks = [out] if isinstance(out, bytes) else list(out)
         else:
             chunks = [data] if data else []
-        record = self.record
         for chunk in chunks:
-            record.response_bytes += len(chunk)
-            room = self.cap - len(record.delivered)
-            if room > 0:
-                record.delivered += chunk[:room]
+            self.sample.add(chunk)
         return chunks
 
 
@@ -126,6 +137,11 @@ class RequestLog:
             self.store.close()
             self.store = None
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        if self.store is not None and is_proxied(flow) and request.stream:
+            request.stream = DeliveredStream(request.stream, BodySample(self.settings.log_max_body_bytes))
+
     def request(self, flow: http.HTTPFlow) -> None:
         if self.store is None or not is_proxied(flow):
             return
@@ -139,7 +155,10 @@ class RequestLog:
             routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
             started=time.monotonic(),
+            delivered=BodySample(self.settings.log_max_body_bytes),
         )
+        passed = request.stream.sample if isinstance(request.stream, DeliveredStream) else None
+        request_body, request_bytes = self._logged(request, passed)
         self.inflight[flow.id] = record
         self.store.begin(
             {
@@ -153,15 +172,15 @@ class RequestLog:
                 "requested_model": record.requested_model,
                 "routed_model": record.routed_model,
                 "request_headers": list(request.headers.items(multi=True)),
-                "request_body": request.get_content(strict=False) or b"",
-                "request_bytes": len(request.raw_content or b""),
+                "request_body": request_body,
+                "request_bytes": request_bytes,
             }
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self.inflight.get(flow.id)
         if record is not None and flow.response is not None and flow.response.stream:
-            flow.response.stream = DeliveredStream(flow.response.stream, record, self.settings.log_max_body_bytes)
+            flow.response.stream = DeliveredStream(flow.response.stream, record.delivered)
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = self.inflight.pop(flow.id, None)
@@ -170,10 +189,7 @@ class RequestLog:
         response = flow.response
         assert response is not None
         streamed = isinstance(response.stream, DeliveredStream)
-        if streamed:
-            body, size = bytes(record.delivered), record.response_bytes
-        else:
-            body, size = response.get_content(strict=False) or b"", len(response.raw_content or b"")
+        body, size = self._logged(response, record.delivered if streamed else None)
         self.store.finish(
             record.id,
             state="completed",
@@ -193,16 +209,36 @@ class RequestLog:
         if shared.timed_out:
             message = f"no response headers within {self.settings.request_timeout:g} s"
         status = flow.response.status_code if flow.response else shared.answered_status
+        encoding = flow.response.headers.get("content-encoding") if flow.response else None
         self.store.finish(
             record.id,
             state="aborted" if message == CLIENT_GONE else "error",
             status=status,
             duration_ms=self._duration(record),
             stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,
-            response_bytes=record.response_bytes,
-            response_body=bytes(record.delivered),
+            response_bytes=record.delivered.size,
+            response_body=self._decoded(record.delivered, encoding),
             error=message,
         )
+
+    def _logged(self, message: http.Message, passed: BodySample | None) -> tuple[bytes, int | None]:
+        """
+        A body for the log and its size on the wire: from what a stream kept on its way, or from
+        the buffered body. A body mitmproxy streamed on its own (past EDIT_LIMIT) went by unseen.
+        """
+        if passed is not None:
+            return self._decoded(passed, message.headers.get("content-encoding")), passed.size
+        if message.stream:
+            return b"", None
+        return body_sample(message, self._queued_cap), len(message.raw_content or b"")
+
+    def _decoded(self, passed: BodySample, encoding: str | None) -> bytes:
+        return sample(bytes(passed.head), encoding, self._queued_cap)
+
+    @property
+    def _queued_cap(self) -> int:
+        """Bodies are cut before they are queued, one byte past the log's cap: the store still sees (and marks) the cut."""
+        return self.settings.log_max_body_bytes + 1
 
     @staticmethod
     def _duration(record: Inflight) -> float:

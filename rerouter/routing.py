@@ -10,6 +10,7 @@ from typing import Any
 from mitmproxy import ctx
 from mitmproxy import http
 
+from rerouter.flows import EDIT_LIMIT
 from rerouter.flows import is_proxied
 from rerouter.settings import Settings
 
@@ -44,6 +45,7 @@ def reverse_defaults(settings: Settings, given: Callable[[str], bool]) -> dict[s
         "listen_host": settings.listen_host,
         "listen_port": settings.listen_port,
         "connection_strategy": "lazy",
+        "stream_large_bodies": str(EDIT_LIMIT),  # a JSON body past it streams on unedited: buffering.py
     }
     return {option: value for option, value in ours.items() if not given(option)}
 
