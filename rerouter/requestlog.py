@@ -21,6 +21,8 @@ from rerouter.decoding import sample
 from rerouter.flows import body_sample
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
+from rerouter.framing import LAST_EVENT_WINDOW
+from rerouter.framing import ends_with_last_event
 from rerouter.routing import is_ollama_path
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
@@ -33,17 +35,19 @@ STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_
 
 @dataclass
 class BodySample:
-    """A streamed body as it passes: its size, and its first `cap` bytes for the log."""
+    """A streamed body as it passes: its size, its first `cap` bytes for the log, and its last bytes."""
 
     cap: int
     size: int = 0
     head: bytearray = field(default_factory=bytearray)
+    tail: bytes = b""  # did the receiver get the last event?
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
         room = self.cap - len(self.head)
         if room > 0:
             self.head += chunk[:room]
+        self.tail = (self.tail + chunk[-LAST_EVENT_WINDOW:])[-LAST_EVENT_WINDOW:]
 
 
 @dataclass
@@ -75,7 +79,8 @@ class Inflight:
 class DeliveredStream:
     """
     Wraps a streamed body to see what its receiver really gets: counted as it
-    passes, and kept up to the log's cap, so the log holds the body as delivered.
+    passes, and kept up to the log's cap, so the log holds the body as delivered;
+    its end is kept too, to tell a client that left after the last event.
     """
 
     def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, sample: BodySample) -> None:
@@ -209,10 +214,15 @@ class RequestLog:
         if shared.timed_out:
             message = f"no response headers within {self.settings.request_timeout:g} s"
         status = flow.response.status_code if flow.response else shared.answered_status
+        if message == CLIENT_GONE and ends_with_last_event(record.delivered.tail):
+            # the client read the last event and hung up before the upstream ended its body
+            state, message = "completed", None
+        else:
+            state = "aborted" if message == CLIENT_GONE else "error"
         encoding = flow.response.headers.get("content-encoding") if flow.response else None
         self.store.finish(
             record.id,
-            state="aborted" if message == CLIENT_GONE else "error",
+            state=state,
             status=status,
             duration_ms=self._duration(record),
             stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,
