@@ -10,6 +10,7 @@ import hashlib
 import http.client
 import json
 import random
+import socket
 import sqlite3
 import time
 import uuid
@@ -325,3 +326,24 @@ class TestBinaryBodies:
     def test_json_model_lists_still_get_aliases(self, proxy):
         client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-test", max_retries=0)
         assert {"gpt-4", "gpt-3.5-turbo", "llama3-70b"} <= {model.id for model in client.models.list()}
+
+
+@pytest.mark.parametrize("framing", ["chunked", "content-length"])
+def test_a_local_route_with_a_big_body_never_reaches_the_upstream(proxy, openai_upstream, framing):
+    """Streaming a body opens the upstream connection: a local route's big body is refused before that."""
+    size = 17 * MIB  # past EDIT_LIMIT, where mitmproxy would start streaming it
+    head = b"GET /api/logs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n"
+    head += b"Transfer-Encoding: chunked\r\n\r\n" if framing == "chunked" else b"Content-Length: %d\r\n\r\n" % size
+    piece = b"x" * MIB
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        try:
+            sock.sendall(head)
+            for _ in range(size // MIB):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece)
+            sock.sendall(b"0\r\n\r\n" if framing == "chunked" else b"")
+            sock.recv(65536)
+        except OSError:
+            pass  # the proxy closed the connection
+    time.sleep(0.5)
+    assert not [r for r in openai_upstream.requests if r["path"].startswith("/api/logs")]
+    assert exchange_json(proxy, "/v1/chat/completions", CHAT)[0] == 200
