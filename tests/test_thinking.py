@@ -10,6 +10,7 @@ from rerouter.thinking import KEEP
 from rerouter.thinking import OllamaChunkEditor
 from rerouter.thinking import OpenAIChunkEditor
 from rerouter.thinking import ThinkFilter
+from rerouter.thinking import may_hold_reasoning
 from rerouter.thinking import strip_response
 from rerouter.thinking import strip_think
 from tests.conftest import chat_chunk
@@ -421,3 +422,20 @@ class TestOllamaChunkEditor:
         original = copy.deepcopy(event)
         assert OllamaChunkEditor().edit(event) is KEEP
         assert event == original
+
+
+@pytest.mark.parametrize(
+    "raw, hint",
+    [
+        (b'{"content": "<think>"}', True),
+        (b'{"content": "\\u003cthink\\u003e"}', True),
+        (b'{"content": "\\u003Cthink"}', True),
+        (b'{"delta": {"reasoning_content": "x"}}', True),
+        (b'{"delta": {"reasoning": "x"}}', True),
+        (b'{"message": {"thinking": "x"}}', True),
+        (b'{"content": "plain words about reasoning and thinking"}', False),
+        (b'{"content": "a \\u003e b"}', False),
+    ],
+)
+def test_may_hold_reasoning(raw, hint):
+    assert may_hold_reasoning(raw) is hint
