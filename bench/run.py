@@ -542,7 +542,7 @@ GOALS = [
     Goal(f"RSS flat during the 50 MB stream (big50: 10/50/90 %, growth <= {FLAT_MB:.0f} MB)", _big_growth,
          lambda v: v <= FLAT_MB),
     Goal("streamed tokens/s (big50) vs mitmdump >= 0.85x", _ratio_to_mitmdump("big50", "tok_s"), lambda v: v >= 0.85),
-    Goal(f"50 MB binary download and upload (big50-binary): peak RSS growth <= {BINARY_GROWTH_MB:.0f} MB",
+    Goal(f"50 MB binary download/upload (big50-binary): peak RSS growth <= {BINARY_GROWTH_MB:.0f} MB",
          _binary_growth, lambda v: v <= BINARY_GROWTH_MB),
 ]  # fmt: skip
 
