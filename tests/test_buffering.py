@@ -1,7 +1,6 @@
 import gc
 import gzip
 import json
-import time
 import weakref
 import zlib
 
@@ -24,6 +23,8 @@ from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start
+from tests.test_requestlog import logged  # noqa: F401 (a fixture)
+from tests.test_requestlog import stored
 
 MIB = 1024 * 1024
 
@@ -204,23 +205,13 @@ def test_json_past_the_edit_limit_streams_by_default():
 
 
 @pytest.fixture
-def log(settings_env, tmp_path):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
+def small_cap(settings_env):
     settings_env.setenv("LOG_MAX_BODY_BYTES", "1000")
-    settings = Settings()
-    request_log = RequestLog(settings)
-    with taddons.context(settings, request_log) as tctx:
-        start(tctx, settings, request_log)
-        yield request_log
-        request_log.done()
 
 
-def stored(log: RequestLog, flow_id: str) -> dict:
-    deadline = time.monotonic() + 5
-    while (row := log.store.get(flow_id)) is None or row["state"] == "inflight":
-        assert time.monotonic() < deadline, row
-        time.sleep(0.02)
-    return row
+@pytest.fixture
+def log(small_cap, logged) -> RequestLog:
+    return logged[2]
 
 
 class TestLoggedBodies:

@@ -22,6 +22,7 @@ import pytest
 
 from tests.test_faults_e2e import ScriptedUpstream
 from tests.test_faults_e2e import chunk_event
+from tests.test_faults_e2e import post
 from tests.test_faults_e2e import rss_peak_mb
 from tests.test_faults_e2e import sse_response
 from tests.test_requestlog_e2e import get
@@ -97,16 +98,9 @@ def proxy(module_rerouter):
 def fresh(rerouter):
     """A rerouter of its own, warmed up, for a test whose peak RSS must not include what others did."""
     proxy = rerouter("python")
-    status, raw = exchange_json(proxy, "/v1/chat/completions", CHAT)
+    status, raw = post(proxy, "/v1/chat/completions", CHAT)
     assert status == 200
     return proxy
-
-
-def exchange_json(proxy, path: str, body: dict, **mock) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
-    conn.request("POST", path, json.dumps(body), {"content-type": "application/json", **mock_headers(**mock)})
-    response = conn.getresponse()
-    return response.status, response.read()
 
 
 class ScriptedProxy:
@@ -117,7 +111,7 @@ class ScriptedProxy:
         self.script = script
         self.upstream = ScriptedUpstream(self._answer)
         self.proxy = rerouter("python", {"UPSTREAM_URL": self.upstream.url})
-        status, raw = exchange_json(self.proxy, "/v1/chat/completions", {**CHAT, "stream": True})
+        status, raw = post(self.proxy, "/v1/chat/completions", {**CHAT, "stream": True})
         assert status == 200 and sse_text(raw) == "warm", raw[:200]
 
     def _answer(self) -> Iterator[bytes]:
@@ -271,7 +265,7 @@ class TestStreamsWithoutFrames:
 def test_locked_log_with_a_burst_of_big_requests(rerouter, tmp_path):
     db = tmp_path / "locked.db"
     proxy = rerouter("python", {"DB_PATH": str(db)})
-    assert exchange_json(proxy, "/v1/chat/completions", CHAT)[0] == 200
+    assert post(proxy, "/v1/chat/completions", CHAT)[0] == 200
     marker = uuid.uuid4().hex
     body = {"model": "gpt-4", "input": marker + " " + "x" * (8 * MIB)}
     lock = sqlite3.connect(db, timeout=5)
@@ -279,7 +273,7 @@ def test_locked_log_with_a_burst_of_big_requests(rerouter, tmp_path):
     try:
         with Peak(proxy, "60 requests of 8 MiB with the log locked") as peak:
             for _ in range(60):
-                assert exchange_json(proxy, "/v1/embeddings", body)[0] == 200
+                assert post(proxy, "/v1/embeddings", body)[0] == 200
     finally:
         lock.rollback()
         lock.close()
@@ -346,4 +340,4 @@ def test_a_local_route_with_a_big_body_never_reaches_the_upstream(proxy, openai_
             pass  # the proxy closed the connection
     time.sleep(0.5)
     assert not [r for r in openai_upstream.requests if r["path"].startswith("/api/logs")]
-    assert exchange_json(proxy, "/v1/chat/completions", CHAT)[0] == 200
+    assert post(proxy, "/v1/chat/completions", CHAT)[0] == 200
