@@ -195,7 +195,7 @@ def no_frame_stream(size: int, compress: bool = False) -> Iterator[bytes]:
     """An SSE answer of `size` bytes that never ends an event: one endless `data:` line of base64 text."""
     head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n"
     yield head + (b"Content-Encoding: gzip\r\n\r\n" if compress else b"\r\n")
-    compressor = zlib.compressobj(6, wbits=31) if compress else None
+    compressor = zlib.compressobj(1, wbits=31) if compress else None
     for piece in no_frame_pieces(size):
         if compressor:
             piece = compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
@@ -226,10 +226,10 @@ class TestStreamsWithoutFrames:
     """The framer and the decompressor hold at most a bounded amount; past it the stream passes on unedited."""
 
     @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
-    def test_100_mib_without_a_blank_line_passes_through(self, scripted, compress):
-        size = 100 * MIB
+    def test_64_mib_without_a_blank_line_passes_through(self, scripted, compress):
+        size = 64 * MIB
         proxy = scripted(lambda: no_frame_stream(size, compress))
-        with Peak(proxy, f"100 MiB SSE without frame end ({'gzip' if compress else 'plain'})") as peak:
+        with Peak(proxy, f"64 MiB SSE without frame end ({'gzip' if compress else 'plain'})") as peak:
             status, headers, digest, length = exchange(proxy, "POST", "/v1/chat/completions", json.dumps(CHAT).encode())
         assert status == 200
         assert "content-encoding" not in headers, "decoded on the way, as every edited stream"
@@ -271,14 +271,14 @@ def test_locked_log_with_a_burst_of_big_requests(rerouter, tmp_path):
     lock = sqlite3.connect(db, timeout=5)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        with Peak(proxy, "60 requests of 8 MiB with the log locked") as peak:
-            for _ in range(60):
+        with Peak(proxy, "30 requests of 8 MiB with the log locked") as peak:
+            for _ in range(30):
                 assert post(proxy, "/v1/embeddings", body)[0] == 200
     finally:
         lock.rollback()
         lock.close()
     assert peak.growth < 64
-    rows = wait_for(lambda: (logs := get(proxy, f"/api/logs?q={marker}&state=completed&limit=100")[1])["total"] == 60 and logs, 60)
+    rows = wait_for(lambda: (logs := get(proxy, f"/api/logs?q={marker}&state=completed&limit=100")[1])["total"] == 30 and logs, 60)
     detail = get(proxy, f"/api/logs/{rows['logs'][0]['id']}")[1]
     assert len(detail["request_body"]) < 300_000 and "truncated" in detail["request_body"]
 
@@ -329,15 +329,17 @@ def test_a_local_route_with_a_big_body_never_reaches_the_upstream(proxy, openai_
     head = b"GET /api/logs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/octet-stream\r\n"
     head += b"Transfer-Encoding: chunked\r\n\r\n" if framing == "chunked" else b"Content-Length: %d\r\n\r\n" % size
     piece = b"x" * MIB
-    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=1) as sock:
+        sock.sendall(head)
         try:
-            sock.sendall(head)
+            closed = sock.recv(65536) == b""
+        except TimeoutError:
+            closed = False  # still reading: send the body, as a proxy that forwards it would take it
+        if not closed:
             for _ in range(size // MIB):
                 sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece) if framing == "chunked" else piece)
             sock.sendall(b"0\r\n\r\n" if framing == "chunked" else b"")
-            sock.recv(65536)
-        except OSError:
-            pass  # the proxy closed the connection
-    time.sleep(0.5)
+            time.sleep(0.5)
+    assert closed, "refused at once"
     assert not [r for r in openai_upstream.requests if r["path"].startswith("/api/logs")]
     assert post(proxy, "/v1/chat/completions", CHAT)[0] == 200
