@@ -16,11 +16,6 @@ _OPEN = re.compile(re.escape(OPEN_TAG), re.IGNORECASE | re.ASCII)
 _CLOSE = re.compile(re.escape(CLOSE_TAG), re.IGNORECASE | re.ASCII)
 _WHITESPACE = re.compile(r"\s*")
 
-# What raw JSON must contain to hold a think tag or a reasoning field (a key, so quoted); Go's
-# JSON encoder (Ollama) writes `<` as \u003c. Without any of these a body or event needs no edit.
-# Plain substring tests: a regex alternation stops at every "r" and "t" of the text, 4x slower.
-_REASONING_HINTS = (b"<", b"\\u003c", b"\\u003C", b'"reasoning', b'"thinking"')
-
 _OPENAI_REASONING = ("reasoning_content", "reasoning")
 _OLLAMA_REASONING = ("thinking",)
 
@@ -101,7 +96,10 @@ class ThinkFilter:
 
 def may_hold_reasoning(raw: bytes) -> bool:
     """A cheap look at raw JSON bytes, so that most answers and events are never parsed."""
-    return any(hint in raw for hint in _REASONING_HINTS)
+    # What raw JSON must contain to hold a think tag or a reasoning field (a key, so quoted); Go's
+    # JSON encoder (Ollama) writes `<` as \u003c. Plain substring tests, one after the other: a regex
+    # alternation stops at every "r" and "t" of the text (4x slower), a generator costs a call each.
+    return b"<" in raw or b"\\u003c" in raw or b"\\u003C" in raw or b'"reasoning' in raw or b'"thinking"' in raw
 
 
 def strip_think(text: str) -> str:
