@@ -18,35 +18,42 @@ import os
 import sys
 
 from dashboard import Dashboard
-from dashboard import is_local_request
 from rerouter.buffering import Buffering
 from rerouter.buffering import Reclaim
+from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
 from rerouter.routing import reverse_defaults
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from rerouter.stripping import ThinkStrip
 from rerouter.upstream_failures import UpstreamFailures
 
 settings = Settings()
 request_log = RequestLog(settings)
+rules = Rules(settings, request_log)
+dashboard = Dashboard(settings, request_log, rules)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
-# anything could send them upstream; routing picks the upstream before the timeout starts and the
-# rewrite records the model names; buffering decides which bodies stream before the think filter
-# wraps the answer's stream and the log, which comes last so it sees the rewritten request and the
-# stream exactly as the client gets it.
+# anything could send them upstream; routing picks the upstream before the timeout starts; buffering
+# decides which bodies stream (the dashboard's answers never do); the rules (MODEL_MAP or its file)
+# are in force before the rewrite asks them and records the model names; the think filter wraps the
+# answer's stream before the log, which comes last so it sees the rewritten request and the stream
+# exactly as the client gets it; then secrets in the path are masked for what mitmdump prints once
+# each flow ends.
 addons = [
     settings,
-    Dashboard(settings, request_log),
+    dashboard,
     ReverseProxy(settings),
     UpstreamFailures(settings),
-    Buffering(settings, is_local_request),
+    Buffering(dashboard.answers),
     Reclaim(),
-    ModelRewrite(settings),
+    rules,
+    ModelRewrite(settings, rules),
     ThinkStrip(settings),
     request_log,
+    PrintedSecrets(),
 ]
 
 USER_FLAGS = {

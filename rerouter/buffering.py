@@ -22,7 +22,6 @@ from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
 from rerouter.flows import media_type
 from rerouter.flows import note
-from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +37,14 @@ def may_be_json(message: http.Message) -> bool:
 
 
 class Buffering:
-    def __init__(self, settings: Settings, is_local: Callable[[http.Request], bool]) -> None:
-        self.settings = settings
-        self.is_local = is_local
+    def __init__(self, is_local: Callable[[http.Request], bool]) -> None:
+        self.is_local = is_local  # whether the proxy answers a request itself
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if not is_proxied(flow):
             return
         request = flow.request
-        if self.settings.enable_logging and self.is_local(request):
+        if self.is_local(request):
             # a streamed body would open the upstream connection before the dashboard could answer
             if request.stream or "transfer-encoding" in request.headers:
                 logger.warning(f"{request.method} {request.path}: refused, a local route takes no body of that size")

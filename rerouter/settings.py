@@ -8,10 +8,12 @@ silently unloads an addon when a typed option gets a malformed `--set` value.
 """
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +23,16 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from rerouter.modelmap import THINKING_SWITCHES
 from rerouter.modelmap import ModelMap
+from rerouter.modelmap import ModelSelector
+from rerouter.thinking import Reasoning
 
 logger = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
 class Upstream(NamedTuple):
@@ -87,6 +93,10 @@ def parse_positive(text: str) -> float:
     return parse_number(text, float, lambda number: math.isfinite(number) and number > 0, "a positive number")
 
 
+def parse_seconds(text: str) -> float:
+    return parse_number(text, float, lambda number: math.isfinite(number) and number >= 0, "a number of seconds (0 = off)")
+
+
 def parse_size(text: str) -> int:
     return parse_number(text, int, lambda size: size >= 0, "a number of bytes")
 
@@ -95,6 +105,67 @@ def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a file path")
     return text
+
+
+def parse_reasoning(text: str) -> Reasoning:
+    if text.strip().lower() == Reasoning.SEPARATE.value:
+        return Reasoning.SEPARATE
+    try:
+        return Reasoning.DROP if parse_bool(text) else Reasoning.KEEP
+    except ValueError:
+        raise ValueError(f"expected true, false or separate, got {text!r}") from None
+
+
+def parse_switches(text: str) -> tuple[str, ...]:
+    """false, true (the seed's ` /no_think`), or a comma-separated list of switch names."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return ("no_think",)
+    if word in _FALSE or not word:
+        return ()
+    names = [name.strip() for name in word.split(",")]
+    unknown = [name for name in names if name not in THINKING_SWITCHES]
+    if unknown:
+        raise ValueError(f"unknown switch {unknown[0]!r}: expected false, true or a comma-separated list of {', '.join(THINKING_SWITCHES)}")
+    return tuple(dict.fromkeys(names))
+
+
+MIN_TOKEN_LENGTH = 16
+EXAMPLE_TOKENS = frozenset({"change-me"})
+"""Tokens README.md or compose.yaml showed as examples, now or in an earlier release: anyone could have read them."""
+
+
+def parse_dashboard_token(text: str) -> str:
+    """Empty means no token; the message never repeats the token, which may be close to the real one."""
+    if text.strip().lower() in EXAMPLE_TOKENS:
+        raise ValueError("is an example from the documentation; choose your own (e.g. openssl rand -hex 24)")
+    if text and len(text) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_TOKEN_LENGTH} characters, got {len(text)} (e.g. openssl rand -hex 24)"
+        )
+    return text
+
+
+def parse_hosts(text: str) -> frozenset[str]:
+    """Host names or addresses as `host_name` gives them; `*` stands for any."""
+    hosts = frozenset(host_name(name) for name in text.split(",") if name.strip())
+    for name in hosts:
+        if name != "*" and not HOST_NAME.fullmatch(name) and not is_ip_address(name):
+            raise ValueError(f"expected comma-separated host names or addresses without ports, or *, got {name!r}")
+    return hosts
+
+
+def host_name(text: str) -> str:
+    """A host name as compared: lower case, no trailing dot, an IPv6 address without brackets."""
+    return text.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def parse_model_map(text: str) -> ModelMap:
@@ -149,17 +220,47 @@ MODEL_MAP = Setting(
     "JSON object of model rewrites; keys are exact names or /regex/ (/regex/i ignores case), "
     'values may use \\1 or \\g<name> (written \\\\1 in JSON), e.g. {"gpt-4": "llama3-70b", "/^claude-(.*)$/": "qwen3:\\\\1"}.',
 )
+MODEL_MAP_FILE = Setting(
+    "MODEL_MAP_FILE",
+    "",
+    str,
+    "Path of a JSON or YAML file holding the model map instead of MODEL_MAP (same keys; a value may also be "
+    '{"model": ..., "set": {...}, "drop": [...]}); re-read within 2 s when it changes, without a restart.',
+)
 STRIP_THINKING = Setting(
     "STRIP_THINKING",
     "true",
-    parse_bool,
-    "Remove <think>...</think> blocks and separated reasoning from answers, also in streams.",
+    parse_reasoning,
+    "true: remove <think>...</think> blocks and separated reasoning from answers, also in streams; "
+    "separate: move them into reasoning_content (OpenAI) or thinking (Ollama); false: leave answers alone.",
+)
+THINK_OPEN_MODELS = Setting(
+    "THINK_OPEN_MODELS",
+    "",
+    ModelSelector,
+    "Models whose answers start inside a think block (the chat template opens it): one exact name, "
+    "/regex/ or /regex/i, matched with re.search on the routed model; their text is withheld until </think>.",
 )
 DISABLE_THINKING = Setting(
     "DISABLE_THINKING",
     "false",
+    parse_switches,
+    "false, true (= no_think), or a comma-separated list of switches, each applied to the requests it fits: "
+    "no_think (' /no_think' appended), think_false (Ollama /api/chat, /api/generate), "
+    "enable_thinking (chat_template_kwargs, OpenAI-style chat and completions), reasoning_effort ('none', OpenAI-style chat).",
+)
+THINK_KEEPALIVE_SECONDS = Setting(
+    "THINK_KEEPALIVE_SECONDS",
+    "10",
+    parse_seconds,
+    "Send an SSE comment ': keep-alive' when nothing has gone to the client for this long "
+    "because reasoning is withheld; 0 = off.",
+)
+ECHO_REQUESTED_MODEL = Setting(
+    "ECHO_REQUESTED_MODEL",
+    "false",
     parse_bool,
-    "Append ' /no_think' to the last user message or prompt.",
+    "Answers to rewritten requests name the model the client asked for (JSON, every SSE event and NDJSON line).",
 )
 REQUEST_TIMEOUT = Setting(
     "REQUEST_TIMEOUT",
@@ -190,9 +291,17 @@ LOG_MAX_BODY_BYTES = Setting(
 DASHBOARD_TOKEN = Setting(
     "DASHBOARD_TOKEN",
     "",
-    str,
+    parse_dashboard_token,
     "When set, the dashboard's data and every local JSON route require this token "
-    "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
+    f"(Authorization: Bearer, or the login form's cookie; at least {MIN_TOKEN_LENGTH} characters); "
+    "proxied traffic is unaffected.",
+)
+DASHBOARD_HOSTS = Setting(
+    "DASHBOARD_HOSTS",
+    "",
+    parse_hosts,
+    "Comma-separated host names the dashboard and local JSON routes answer to, besides localhost, "
+    "loopback addresses and LISTEN_HOST (* = any); other Host headers get 403, against DNS rebinding.",
 )
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
@@ -214,14 +323,19 @@ class Settings:
     upstream_url: Upstream = UPSTREAM_URL.field()
     ollama_upstream_url: Upstream = OLLAMA_UPSTREAM_URL.field()
     model_map: ModelMap = MODEL_MAP.field()
-    strip_thinking: bool = STRIP_THINKING.field()
-    disable_thinking: bool = DISABLE_THINKING.field()
+    model_map_file: str = MODEL_MAP_FILE.field()
+    strip_thinking: Reasoning = STRIP_THINKING.field()
+    think_open_models: ModelSelector = THINK_OPEN_MODELS.field()
+    disable_thinking: tuple[str, ...] = DISABLE_THINKING.field()
+    think_keepalive_seconds: float = THINK_KEEPALIVE_SECONDS.field()
+    echo_requested_model: bool = ECHO_REQUESTED_MODEL.field()
     request_timeout: float = REQUEST_TIMEOUT.field()
     enable_logging: bool = ENABLE_LOGGING.field()
     db_path: str = DB_PATH.field()
     max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
+    dashboard_hosts: frozenset[str] = DASHBOARD_HOSTS.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()
     listen_port: int = LISTEN_PORT.field()

@@ -6,9 +6,7 @@ import zlib
 
 import pytest
 from mitmproxy import http
-from mitmproxy.test import taddons
 
-from dashboard import is_local_request
 from rerouter.buffering import RECLAIM_BYTES
 from rerouter.buffering import Buffering
 from rerouter.buffering import Reclaim
@@ -20,9 +18,9 @@ from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import RequestLog
 from rerouter.routing import reverse_defaults
 from rerouter.settings import Settings
+from tests.conftest import dashboard_addons
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
-from tests.conftest import start
 from tests.test_requestlog import logged  # noqa: F401 (a fixture)
 from tests.test_requestlog import stored
 
@@ -65,12 +63,14 @@ def test_may_be_json(content_type, expected):
 
 
 @pytest.fixture
-def buffering(settings_env):
-    settings = Settings()
-    addon = Buffering(settings, is_local_request)
-    with taddons.context(settings, addon) as tctx:
-        start(tctx, settings)
-        yield addon
+def dash(settings_env, tmp_path):
+    with dashboard_addons(settings_env, tmp_path, DASHBOARD_TOKEN="s3cret-token-for-tests") as dash:
+        yield dash
+
+
+@pytest.fixture
+def buffering(dash):
+    return Buffering(dash.answers)
 
 
 class TestRequests:
@@ -90,29 +90,41 @@ class TestRequests:
         buffering.requestheaders(flow)
         assert flow.request.stream is True
 
-    @pytest.mark.parametrize("path", ["/api/logs", "/login", "/api/logs/abc?x=1"])
-    def test_a_local_route_is_never_streamed_upstream(self, buffering, path):
-        chunked = with_type(reverse_flow(path, content=b"x"), "application/octet-stream")
+    @pytest.mark.parametrize("path, method", [("/api/logs", "GET"), ("/login", "POST"), ("/api/logs/abc?x=1", "GET")])
+    def test_a_local_route_is_never_streamed_upstream(self, buffering, path, method):
+        chunked = with_type(reverse_flow(path, method=method, content=b"x"), "application/octet-stream")
         chunked.request.headers["transfer-encoding"] = "chunked"
         buffering.requestheaders(chunked)
         assert chunked.error is not None and chunked.error.msg == "Connection killed."
-        huge = reverse_flow(path, content=b"x")
+        huge = reverse_flow(path, method=method, content=b"x")
         huge.request.stream = True
         buffering.requestheaders(huge)
         assert huge.error is not None
-        small = with_type(reverse_flow(path, content=b"x"), "application/octet-stream")
+        small = with_type(reverse_flow(path, method=method, content=b"x"), "application/octet-stream")
         buffering.requestheaders(small)
         assert small.error is None and not small.request.stream, "held, for the dashboard to answer"
 
-    def test_without_the_log_a_local_path_is_like_any_other(self, settings_env):
-        settings_env.setenv("ENABLE_LOGGING", "false")
-        settings = Settings()
-        addon = Buffering(settings, is_local_request)
-        with taddons.context(settings, addon) as tctx:
-            start(tctx, settings)
-            flow = with_type(reverse_flow("/api/logs", content=b"x"), "application/octet-stream")
-            addon.requestheaders(flow)
-            assert flow.error is None and flow.request.stream is True
+    def test_what_the_dashboard_does_not_answer_may_stream(self, buffering):
+        flow = with_type(reverse_flow("/api/logs", method="POST", content=b"x"), "application/octet-stream")
+        buffering.requestheaders(flow)
+        assert flow.error is None and flow.request.stream is True
+
+
+@pytest.mark.parametrize(
+    "env, method, path, answers",
+    [
+        ({}, "GET", "/api/logs?limit=1", True),
+        ({}, "GET", "/", True),
+        ({}, "POST", "/api/logs", False),
+        ({}, "GET", "/v1/models", False),
+        ({}, "POST", "/login", False),
+        ({"DASHBOARD_TOKEN": "s3cret-token-for-tests"}, "POST", "/login", True),
+        ({"ENABLE_LOGGING": "false"}, "GET", "/api/logs", False),
+    ],
+)
+def test_the_dashboard_says_which_requests_it_answers(settings_env, tmp_path, env, method, path, answers):
+    with dashboard_addons(settings_env, tmp_path, **env) as dash:
+        assert dash.answers(reverse_flow(path, method=method).request) is answers
 
     def test_a_streamed_json_body_is_noted(self, buffering):
         flow = reverse_flow(body={"model": "gpt-4"})

@@ -3,7 +3,10 @@ import json
 import pytest
 from mitmproxy.test import taddons
 
+from rerouter.flows import flow_state
+from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
@@ -14,9 +17,10 @@ from tests.conftest import start
 def rewrite(settings_env):
     settings_env.setenv("MODEL_MAP", json.dumps({"gpt-4": "llama3-70b", "gpt-3.5-turbo": "qwen3:8b", "/^claude-(.*)$/": r"qwen3-\1"}))
     s = Settings()
-    m = ModelRewrite(s)
-    with taddons.context(s, m) as tctx:
-        start(tctx, s)
+    r = Rules(s, RequestLog(s))
+    m = ModelRewrite(s, r)
+    with taddons.context(s, r, m) as tctx:
+        start(tctx, s, r)
         yield tctx, s, m
 
 
@@ -89,10 +93,55 @@ class TestModelRewrite:
         f = reverse_flow(body={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
         m.request(f)
         assert sent(f)["messages"][0]["content"] == "hi /no_think"
-        assert f.comment == "model: gpt-4 -> llama3-70b; /no_think appended"
+        assert f.comment == "model: gpt-4 -> llama3-70b; thinking off: no_think"
+        assert flow_state(f).thinking_switches == ("no_think",)
         g = reverse_flow("/api/generate", {"model": "x", "prompt": "why"})
         m.request(g)
         assert sent(g)["prompt"] == "why /no_think"
+
+    @pytest.mark.parametrize(
+        "path, body, applied",
+        [
+            ("/api/chat", {"model": "x", "messages": [{"role": "user", "content": "hi"}], "think": True}, ("think_false",)),
+            ("/api/generate", {"model": "x", "prompt": "hi"}, ("think_false",)),
+            ("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]}, ("enable_thinking", "reasoning_effort")),
+            ("/v1/completions", {"model": "x", "prompt": "hi"}, ("enable_thinking",)),
+        ],
+    )
+    def test_switches_applied_where_they_fit(self, rewrite, path, body, applied):
+        tctx, s, m = rewrite
+        tctx.configure(s, disable_thinking="think_false,enable_thinking,reasoning_effort")
+        f = reverse_flow(path, body)
+        m.request(f)
+        assert flow_state(f).thinking_switches == applied
+        assert f.comment == f"thinking off: {', '.join(applied)}"
+        upstream = sent(f)
+        assert upstream.get("think", False) is False
+        if "enable_thinking" in applied:
+            assert upstream["chat_template_kwargs"] == {"enable_thinking": False}
+        assert upstream.get("reasoning_effort") == ("none" if "reasoning_effort" in applied else None)
+
+    def test_switch_that_fits_nothing(self, rewrite):
+        tctx, s, m = rewrite
+        tctx.configure(s, disable_thinking="think_false")
+        raw = b'{"model": "unmapped", "input": "x"}'
+        f = reverse_flow("/v1/embeddings", content=raw)
+        m.request(f)
+        assert f.request.content == raw
+        assert flow_state(f).thinking_switches == ()
+        assert not f.comment
+
+    def test_routed_model_recorded_for_think_open_models(self, settings_env):
+        settings_env.setenv("ENABLE_LOGGING", "false")
+        settings_env.setenv("THINK_OPEN_MODELS", "/qwq/")
+        s = Settings()
+        r = Rules(s, RequestLog(s))
+        m = ModelRewrite(s, r)
+        with taddons.context(s, r, m) as tctx:
+            start(tctx, s, r)
+            f = reverse_flow(body={"model": "qwq-32b"})
+            m.request(f)
+            assert flow_state(f).routed_model == "qwq-32b"
 
     def test_no_think_off_by_default(self, rewrite):
         tctx, s, m = rewrite
@@ -138,3 +187,15 @@ class TestModelLists:
         m.response(f)
         assert f.response.headers["content-encoding"] == "gzip"
         assert [e["id"] for e in f.response.json()["data"]] == ["llama3-70b", "gpt-4"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4", "unmapped"])
+def test_a_lone_surrogate_never_stops_the_rewrite(rewrite, model):
+    """Valid JSON that is no valid UTF-8 once decoded: it stays escaped, and the hooks after this one still run."""
+    tctx, s, m = rewrite
+    tctx.configure(s, disable_thinking="true")
+    f = reverse_flow(content=b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800 \xc3\xbc"}]}' % model.encode())
+    m.request(f)
+    assert b"\\ud800" in f.request.content
+    assert sent(f)["messages"][0]["content"] == "\ud800 \u00fc /no_think"
+    assert sent(f)["model"] == ("llama3-70b" if model == "gpt-4" else model)
