@@ -345,3 +345,18 @@ def test_a_local_route_with_a_big_body_never_reaches_the_upstream(proxy, openai_
     assert closed, "refused at once"
     assert not [r for r in openai_upstream.requests if r["path"].startswith("/api/logs")]
     assert post(proxy, "/v1/chat/completions", CHAT)[0] == 200
+
+
+def test_a_streamed_upload_carries_no_dashboard_credentials(rerouter, openai_upstream):
+    """A streamed body goes upstream right after its headers: the dashboard's cookie and token must be gone by then."""
+    token = "s3cret-token-for-tests-" + uuid.uuid4().hex
+    proxy = rerouter("python", {"DASHBOARD_TOKEN": token})
+    headers = {
+        "content-type": "application/octet-stream",
+        "authorization": f"Bearer {token}",
+        "cookie": "theme=dark; rerouter_session=anything",
+    }
+    status, _, _, _ = exchange(proxy, "POST", "/v1/files", file_bytes(SMALL_FILE), headers)
+    assert status == 200
+    sent = openai_upstream.requests[-1]["headers"]
+    assert "authorization" not in sent and sent["cookie"] == "theme=dark"
