@@ -14,6 +14,7 @@ import gc
 import logging
 from collections.abc import Callable
 
+from mitmproxy import ctx
 from mitmproxy import http
 
 from rerouter.flows import EDIT_LIMIT
@@ -22,6 +23,7 @@ from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
 from rerouter.flows import media_type
 from rerouter.flows import note
+from rerouter.redaction import redact_path
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class Buffering:
         if self.is_local(request):
             # a streamed body would open the upstream connection before the dashboard could answer
             if request.stream or "transfer-encoding" in request.headers:
-                logger.warning(f"{request.method} {request.path}: refused, a local route takes no body of that size")
+                logger.warning(f"{request.method} {redact_path(request.path)}: refused, a local route takes no body of that size")
                 flow.kill()
             return
         if not request.stream and not may_be_json(request):
@@ -77,7 +79,7 @@ class Buffering:
         else:
             return
         note(flow, text)
-        logger.warning(f"{flow.request.method} {flow.request.path}: {text}")
+        logger.warning(f"{flow.request.method} {redact_path(flow.request.path)}: {text}")
 
 
 class Reclaim:
@@ -89,16 +91,20 @@ class Reclaim:
     after 30 finished requests of 8 MiB. The objects alive at startup are frozen out of
     the collector (a full pass then takes well under a millisecond), and one runs as a
     flow starts once RECLAIM_BYTES of buffered bodies have finished since the last.
+    In mitmweb the flow list keeps every flow anyway, so there is nothing to reclaim.
     """
 
     def __init__(self) -> None:
         self.finished_bytes = 0
+        self.enabled = False
 
     def running(self) -> None:
-        gc.freeze()
+        self.enabled = ctx.master.addons.get("view") is None
+        if self.enabled:
+            gc.freeze()
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        if self.finished_bytes >= RECLAIM_BYTES:
+        if self.enabled and self.finished_bytes >= RECLAIM_BYTES:
             self.finished_bytes = 0
             gc.collect()
 

@@ -6,6 +6,8 @@ import zlib
 
 import pytest
 from mitmproxy import http
+from mitmproxy.addons.view import View
+from mitmproxy.test import taddons
 
 from rerouter.buffering import RECLAIM_BYTES
 from rerouter.buffering import Buffering
@@ -192,23 +194,32 @@ class Cycle:
 
 def test_reclaim_frees_finished_flows_once_enough_bytes_finished():
     reclaim = Reclaim()
-    gc.freeze()  # as running() does: a full pass later skips what lives now
-    garbage = Cycle()
-    alive = weakref.ref(garbage)
-    del garbage
-    try:
-        small = reverse_flow(content=b"x" * 100)
-        small.response = json_response({})
-        reclaim.response(small)
-        reclaim.requestheaders(reverse_flow())
-        assert alive() is not None, "no pass for a few bytes"
-        big = reverse_flow(content=b"x" * RECLAIM_BYTES)
-        reclaim.error(big)
-        reclaim.requestheaders(reverse_flow())
-        assert alive() is None
-        assert reclaim.finished_bytes == 0
-    finally:
-        gc.unfreeze()
+    with taddons.context(reclaim):
+        reclaim.running()  # freezes what lives now: a full pass later skips it
+        garbage = Cycle()
+        alive = weakref.ref(garbage)
+        del garbage
+        try:
+            small = reverse_flow(content=b"x" * 100)
+            small.response = json_response({})
+            reclaim.response(small)
+            reclaim.requestheaders(reverse_flow())
+            assert alive() is not None, "no pass for a few bytes"
+            big = reverse_flow(content=b"x" * RECLAIM_BYTES)
+            reclaim.error(big)
+            reclaim.requestheaders(reverse_flow())
+            assert alive() is None
+            assert reclaim.finished_bytes == 0
+        finally:
+            gc.unfreeze()
+
+
+def test_reclaim_leaves_mitmweb_alone():
+    """Its flow list keeps every flow: a full pass would only scan them all."""
+    reclaim = Reclaim()
+    with taddons.context(reclaim, View()):
+        reclaim.running()
+        assert not reclaim.enabled and gc.get_freeze_count() == 0
 
 
 def test_json_past_the_edit_limit_streams_by_default():
