@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from tests.helpers import logged_addons
 from tests.proxy import RELEVANT_ENV
 from tests.proxy import ProxyProcess
 from tests.proxy import command
@@ -20,6 +21,13 @@ def settings_env(monkeypatch):
     for name in RELEVANT_ENV:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def logged(settings_env, tmp_path):
+    """(tctx, settings, request log, Dashboard) as the script wires them, on a log in tmp_path."""
+    with logged_addons(settings_env, tmp_path) as addons:
+        yield addons
 
 
 @pytest.fixture(scope="session")

@@ -4,21 +4,26 @@ rerouter processes in proxy.py.
 
 - waiting for an outcome: `wait_for`, `wait_for_async`;
 - flows as mitmproxy's hooks see them, for unit tests: `reverse_flow`, `json_response`, `chat_chunk`,
-  `start`, `dashboard_addons`;
+  `start`, `logged_addons`, `dashboard_addons`, and the log's row for a flow: `stored`;
 - a running rerouter (or the mock itself) driven as clients drive it: `post`, `get`, `open_stream`,
   `http_request`, `openai_client`, `ollama_client`, and its log read through the JSON API:
   `row_for`, `rows_with`;
+- an upstream for what no real server sends: `ScriptedUpstream`, `sse_response`, `chunk_event`;
+  the proxy's peak memory: `rss_peak_mb`;
 - what a streamed answer said: `data_objects`, `sse_text`, `ndjson_text`, `openai_stream`, `ollama_stream`.
 """
 
 import asyncio
 import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from http.client import HTTPConnection
 from http.client import HTTPResponse
+from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
@@ -116,8 +121,8 @@ def start(tctx, *addons) -> None:
 
 
 @contextlib.contextmanager
-def dashboard_addons(settings_env, tmp_path, **env) -> Iterator[Dashboard]:
-    """The Dashboard with its settings and request log as the script wires them, on a log in tmp_path."""
+def logged_addons(settings_env, tmp_path, **env) -> Iterator[tuple[taddons.context, Settings, RequestLog, Dashboard]]:
+    """(tctx, settings, request log, Dashboard) as the script wires them, on a log in tmp_path, with `env` set."""
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
     for name, value in env.items():
         settings_env.setenv(name, value)
@@ -126,9 +131,26 @@ def dashboard_addons(settings_env, tmp_path, **env) -> Iterator[Dashboard]:
     dash = Dashboard(s, log, Rules(s, log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
-        yield dash
+        yield tctx, s, log, dash
         dash.done()
         log.done()
+
+
+@contextlib.contextmanager
+def dashboard_addons(settings_env, tmp_path, **env) -> Iterator[Dashboard]:
+    """The Dashboard of `logged_addons`."""
+    with logged_addons(settings_env, tmp_path, **env) as (_, _, _, dash):
+        yield dash
+
+
+def stored(log: RequestLog, flow_id: str, state: str = "completed") -> dict:
+    """The request log's row for a flow, once it is in the database with `state`."""
+
+    def check():
+        row = log.store.get(flow_id)
+        return row if row is not None and row["state"] == state else None
+
+    return wait_for(check)
 
 
 # ---- end to end: a running rerouter, or the mock itself (anything with a `port`) --------------------
@@ -194,6 +216,65 @@ def openai_client(proxy, api_key: str = "sk-test", **mock) -> openai.OpenAI:
 
 def ollama_client(proxy, **mock) -> ollama.Client:
     return ollama.Client(host=proxy.url, headers=mock_headers(**mock), timeout=30)
+
+
+# ---- an upstream that plays raw bytes, and the proxy's memory ------------------------------------
+
+
+class ScriptedUpstream:
+    """An upstream that answers every request with the bytes a test script yields: for what no real server sends."""
+
+    def __init__(self, script: Callable[[], Iterator[bytes]]) -> None:
+        self.script = script
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536)
+            length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
+            body = head.split(b"\r\n\r\n", 1)[1]
+            while len(body) < length:
+                body += conn.recv(1 << 20)
+            try:
+                for piece in self.script():
+                    conn.sendall(piece)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def sse_response(events: Iterator[bytes]) -> Iterator[bytes]:
+    """A ScriptedUpstream script: an SSE answer, chunked, of these events."""
+    yield b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    for event in events:
+        yield b"%x\r\n%s\r\n" % (len(event), event)
+    yield b"0\r\n\r\n"
+
+
+def chunk_event(content: str) -> bytes:
+    """One SSE event of a chat stream, as bytes."""
+    event = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    return b"data: " + json.dumps(event).encode() + b"\n\n"
+
+
+def rss_peak_mb(proxy) -> float:
+    """The peak resident memory of a rerouter process so far (VmHWM)."""
+    status = Path(f"/proc/{proxy.process.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
 # ---- what a streamed answer said --------------------------------------------------------------------

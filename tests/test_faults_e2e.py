@@ -15,28 +15,24 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tests.helpers import ScriptedUpstream
+from tests.helpers import chunk_event
 from tests.helpers import get
 from tests.helpers import http_request
 from tests.helpers import open_stream
 from tests.helpers import post
 from tests.helpers import row_for
 from tests.helpers import rows_with
+from tests.helpers import rss_peak_mb
+from tests.helpers import sse_response
 from tests.helpers import sse_text
 from tests.helpers import wait_for
 from tests.upstream import ANSWER
 
 CHAT = {"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-
-
-def rss_peak_mb(proxy) -> float:
-    status = Path(f"/proc/{proxy.process.pid}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM"))) / 1024
 
 
 def completed(proxy, marker: str) -> int:
@@ -47,54 +43,6 @@ def completed(proxy, marker: str) -> int:
 def still_serving(proxy) -> None:
     status, raw = post(proxy, "/v1/chat/completions", CHAT)
     assert status == 200 and sse_text(raw) == ANSWER
-
-
-class ScriptedUpstream:
-    """An upstream that answers every request with the bytes a test script yields: for what no real server sends."""
-
-    def __init__(self, script: Callable[[], Iterator[bytes]]) -> None:
-        self.script = script
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
-        with conn:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(65536)
-            length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), 0)
-            body = head.split(b"\r\n\r\n", 1)[1]
-            while len(body) < length:
-                body += conn.recv(1 << 20)
-            try:
-                for piece in self.script():
-                    conn.sendall(piece)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.server.close()
-
-
-def sse_response(events: Iterator[bytes]) -> Iterator[bytes]:
-    yield b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-    for event in events:
-        yield b"%x\r\n%s\r\n" % (len(event), event)
-    yield b"0\r\n\r\n"
-
-
-def chunk_event(content: str) -> bytes:
-    event = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
-    return b"data: " + json.dumps(event).encode() + b"\n\n"
 
 
 @pytest.fixture

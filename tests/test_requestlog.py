@@ -1,5 +1,4 @@
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -11,57 +10,32 @@ from mitmproxy.test import taddons
 from dashboard import Dashboard
 from dashboard import log_filters
 from rerouter.flows import flow_state
+from rerouter.requestlog import BodySample
 from rerouter.requestlog import DeliveredStream
-from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
-from rerouter.rules import Rules
 from rerouter.settings import Settings
 from tests.helpers import dashboard_addons
 from tests.helpers import json_response
 from tests.helpers import reverse_flow
 from tests.helpers import start
-from tests.helpers import wait_for
+from tests.helpers import stored
 from tests.helpers import wait_for_async
-
-
-def record() -> Inflight:
-    return Inflight("id", "POST", "/v1/chat/completions", "a", "b", time.time(), time.monotonic())
 
 
 class TestDeliveredStream:
     def test_pass_through(self):
-        r = record()
-        stream = DeliveredStream(True, r, cap=5)
+        sample = BodySample(cap=5)
+        stream = DeliveredStream(True, sample)
         assert stream(b"hello world") == [b"hello world"]
         assert stream(b"") == []
-        assert r.response_bytes == 11 and r.delivered == b"hello"
+        assert sample.size == 11 and sample.head == b"hello"
 
     @pytest.mark.parametrize("inner", [lambda d: d.upper(), lambda d: [d.upper()] if d else []])
     def test_sees_what_the_inner_stream_sends(self, inner):
-        r = record()
-        stream = DeliveredStream(inner, r, cap=100)
+        sample = BodySample(cap=100)
+        stream = DeliveredStream(inner, sample)
         assert stream(b"abc") == [b"ABC"]
-        assert r.delivered == b"ABC"
-
-
-@pytest.fixture
-def logged(settings_env, tmp_path):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
-    s = Settings()
-    log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
-    with taddons.context(s, dash, log) as tctx:
-        start(tctx, s, log)
-        yield tctx, s, log, dash
-        log.done()
-
-
-def stored(log: RequestLog, flow_id: str, state: str = "completed") -> dict:
-    def check():
-        row = log.store.get(flow_id)
-        return row if row is not None and row["state"] == state else None
-
-    return wait_for(check)
+        assert sample.head == b"ABC"
 
 
 class TestRequestLog:

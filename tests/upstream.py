@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import random
 import re
 import signal
 import socket
@@ -49,6 +50,8 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
 OPENAI_JSON_TYPE = "application/json"
 OLLAMA_JSON_TYPE = "application/json; charset=utf-8"  # what Ollama's gin router sends
+FILE_TYPE = "application/octet-stream"
+FILE_PIECE = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +110,7 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "reset": int,
     "linger": float,
     "repeat": int,
+    "file_size": int,
 }
 _ENCODERS: dict[str, Callable[[Any], str]] = {"text": json.dumps, "tokens": _encode_tokens}
 
@@ -133,6 +137,7 @@ class MockOptions:
         with Content-Length instead of chunked.
     repeat: the answer's pieces this many times over, for answers no header could carry (the
         benchmark's 50 MB stream is one 2 KB token 22,727 times).
+    file_size: bytes of a file download (GET /v1/files/{id}/content), see `file_bytes`.
     A non-stream reply counts as one body event for hang_after, reset and gate.
     """
 
@@ -154,6 +159,7 @@ class MockOptions:
     reset: int | None = None
     linger: float = 0.0
     repeat: int = 1
+    file_size: int = 1024
 
     def __post_init__(self) -> None:
         if self.reasoning not in ("tags", "field"):
@@ -166,6 +172,8 @@ class MockOptions:
             raise ValueError("x-mock-write-bytes must not be negative")
         if not 1 <= self.repeat <= MAX_REPEAT:
             raise ValueError(f"x-mock-repeat must be from 1 to {MAX_REPEAT}")
+        if self.file_size < 0:
+            raise ValueError("x-mock-file-size must not be negative")
 
     @staticmethod
     def header_name(field: str) -> str:
@@ -437,6 +445,7 @@ class Call:
     def __init__(self, request: Request, options: MockOptions) -> None:
         self.options = options
         self.body: dict[str, Any] = request.json if isinstance(request.json, dict) else {}
+        self.raw_body = request.body
         self.model = str(self.body.get("model") or self.body.get("name") or "")
         self.answer = Answer.from_options(options)
 
@@ -646,6 +655,25 @@ def _responses_stream(call: Call, response: dict[str, Any], message_id: str) -> 
     return sse_reply(framed, call.options, gate_after=gate_after)
 
 
+def file_bytes(size: int) -> bytes:
+    """The content of every mock file of `size` bytes: deterministic, and as incompressible as real binaries."""
+    return random.Random(size).randbytes(size)
+
+
+def openai_file_upload(call: Call) -> Reply:
+    """POST /v1/files with any body: the file object's `id` and `sha256` let a client check the bytes that arrived."""
+    digest = hashlib.sha256(call.raw_body).hexdigest()
+    body = {"id": f"file-{digest[:24]}", "object": "file", "bytes": len(call.raw_body), "sha256": digest}
+    return json_reply(body)
+
+
+def openai_file_content(call: Call) -> Reply:
+    """GET /v1/files/{id}/content: `file_size` bytes of `file_bytes`, sent in 1 MiB writes."""
+    content = file_bytes(call.options.file_size)
+    pieces = [content[i : i + FILE_PIECE] for i in range(0, len(content), FILE_PIECE)]
+    return Reply(200, FILE_TYPE, pieces or [b""])
+
+
 # Ollama ---------------------------------------------------------------------------------------
 
 Payload = Callable[[str, str], dict[str, Any]]
@@ -743,7 +771,19 @@ ROUTES: dict[tuple[str, str], Callable[[Call], Reply]] = {
     ("GET", "/api/tags"): ollama_tags,
     ("POST", "/api/chat"): ollama_chat,
     ("POST", "/api/generate"): ollama_generate,
+    ("POST", "/v1/files"): openai_file_upload,
 }
+# routes whose path carries a parameter
+PATTERN_ROUTES: list[tuple[str, re.Pattern[str], Callable[[Call], Reply]]] = [
+    ("GET", re.compile(r"/v1/files/[^/]+/content"), openai_file_content),
+]
+
+
+def route(method: str, path: str) -> Callable[[Call], Reply] | None:
+    exact = ROUTES.get((method, path))
+    if exact is not None:
+        return exact
+    return next((builder for m, pattern, builder in PATTERN_ROUTES if m == method and pattern.fullmatch(path)), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1058,7 +1098,7 @@ class MockUpstream:
             return error_reply(path, options.status, f"mock upstream error {options.status}"), False
         if options.garbage:
             return Reply(200, OPENAI_JSON_TYPE, [GARBAGE_BODY]), False
-        builder = ROUTES.get((request.method, path))
+        builder = route(request.method, path)
         if builder is None:
             return error_reply(path, 404, f"unknown endpoint {request.method} {path}"), False
         try:
