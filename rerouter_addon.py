@@ -18,6 +18,7 @@ import os
 import sys
 
 from dashboard import Dashboard
+from rerouter.figures import Figures
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
@@ -31,14 +32,16 @@ request_log = RequestLog(settings)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
 # anything could send them upstream; routing picks the upstream before the timeout starts and the
-# rewrite records the model names; the think filter wraps the answer's stream before the log,
-# which comes last so it sees the rewritten request and the stream exactly as the client gets it.
+# rewrite records the model names; the figures' meter is set up before the think filter wraps the
+# answer's stream with it; the log comes last so it sees the rewritten request and the stream
+# exactly as the client gets it.
 addons = [
     settings,
     Dashboard(settings, request_log),
     ReverseProxy(settings),
     UpstreamFailures(settings),
     ModelRewrite(settings),
+    Figures(settings),
     ThinkStrip(settings),
     request_log,
 ]

@@ -13,6 +13,8 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
+from rerouter.meter import StreamMeter
+
 STATE_KEY = "rerouter"
 
 
@@ -24,14 +26,17 @@ class FlowState:
     Who sets what (in the order the addons run):
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
-      DISABLE_THINKING switches it applied).
+      DISABLE_THINKING switches it applied), `usage_requested` when it asked the
+      upstream for token usage the client did not ask for (REQUEST_USAGE).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
       `reasoned_anyway` (reasoning although a switch asked for none), `note`
       (what the proxy could not do, e.g. a stream passed on unedited).
-    - the stream's figures (`upstream_ms`, `upstream_first_token_ms`,
-      `first_token_ms`, `prompt_tokens`, `completion_tokens`, `tokens_per_s`).
+    - Figures: `upstream_ms`, and `meter` for a streamed answer: its EventStream
+      feeds the meter, which sets `upstream_first_token_ms`, `first_token_ms`,
+      `prompt_tokens`, `completion_tokens` and `tokens_per_s` as they happen;
+      Figures sets the token counts of a non-streamed answer itself.
     RequestLog reads them all to write the flow's row: the fields after `local`
     and the model names are the row's fields of the same names.
     """
@@ -40,6 +45,8 @@ class FlowState:
     requested_model: str | None = None
     routed_model: str | None = None
     thinking_switches: tuple[str, ...] = ()
+    usage_requested: bool = False
+    meter: StreamMeter | None = None
     timed_out: bool = False
     answered_status: int | None = None
     reasoning_chars: int = 0

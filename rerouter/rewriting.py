@@ -1,5 +1,5 @@
 """
-Request rewriting: model names, ` /no_think`, and aliases in the upstream's model lists.
+Request rewriting: model names, ` /no_think`, a request for token usage, and aliases in the upstream's model lists.
 """
 
 import logging
@@ -11,14 +11,23 @@ from rerouter.flows import is_proxied
 from rerouter.flows import json_object
 from rerouter.flows import set_json
 from rerouter.flows import flow_state
+from rerouter.meter import ask_for_usage
 from rerouter.modelmap import add_aliases
 from rerouter.modelmap import append_no_think
+from rerouter.routing import is_ollama_path
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 MODEL_LISTS = ("/v1/models", "/api/tags")
 BODY_METHODS = ("POST", "PUT", "PATCH")
+USAGE_PATHS = ("/chat/completions", "/completions")
+
+
+def wants_usage(path: str) -> bool:
+    """An OpenAI-style chat or completions path, where `stream_options.include_usage` asks for token counts."""
+    path = path.split("?", 1)[0].rstrip("/")
+    return path.endswith(USAGE_PATHS) and not is_ollama_path(path)
 
 
 class ModelRewrite:
@@ -46,6 +55,11 @@ class ModelRewrite:
                 changed = True
         if no_think and append_no_think(body):
             annotate(flow, "/no_think appended")
+            changed = True
+        # the token counts are for the log: without it nothing would read them
+        if self.settings.request_usage and self.settings.enable_logging and wants_usage(flow.request.path) and ask_for_usage(body):
+            flow_state(flow).usage_requested = True
+            annotate(flow, "token usage requested")
             changed = True
         if changed:
             set_json(flow.request, body)

@@ -194,6 +194,13 @@ DASHBOARD_TOKEN = Setting(
     "When set, the dashboard's data and every local JSON route require this token "
     "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
 )
+REQUEST_USAGE = Setting(
+    "REQUEST_USAGE",
+    "true",
+    parse_bool,
+    "Ask the upstream for token usage (stream_options.include_usage) in streamed OpenAI chat and completions "
+    "requests that did not ask for it, and remove the usage-only event from what the client gets.",
+)
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
 LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
@@ -222,6 +229,7 @@ class Settings:
     max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
+    request_usage: bool = REQUEST_USAGE.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()
     listen_port: int = LISTEN_PORT.field()

@@ -5,6 +5,7 @@ Think stripping on responses: plain JSON answers in `response`, live streams in 
 from mitmproxy import http
 
 from rerouter.flows import annotate
+from rerouter.flows import flow_state
 from rerouter.flows import json_object
 from rerouter.flows import media_type
 from rerouter.flows import set_json
@@ -24,7 +25,7 @@ class ThinkStrip:
     """
     Event streams are always streamed, never buffered (mitmproxy would hold an
     SSE answer until it ends); with STRIP_THINKING on, each event is edited on
-    the way through.
+    the way through, and a stream that has a meter (see Figures) is framed for it.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -39,13 +40,14 @@ class ThinkStrip:
         if kind not in (SSE, NDJSON):
             return
         encoding = response.headers.get("content-encoding")
-        if not self.settings.strip_thinking or not supports_encoding(encoding):
+        meter = flow_state(flow).meter
+        if not (self.settings.strip_thinking or meter) or not supports_encoding(encoding):
             response.stream = True
             return
         if kind == SSE:
-            stream = EventStream.sse(OpenAIChunkEditor(), encoding)
+            stream = EventStream.sse(OpenAIChunkEditor() if self.settings.strip_thinking else None, encoding, meter)
         else:
-            stream = EventStream.ndjson(OllamaChunkEditor(), encoding)
+            stream = EventStream.ndjson(OllamaChunkEditor() if self.settings.strip_thinking else None, encoding, meter)
         response.stream = self.streams[flow.id] = stream
         # the body's length changes and it leaves decoded
         response.headers.pop("content-length", None)

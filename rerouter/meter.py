@@ -1,0 +1,109 @@
+"""
+The figures of one answer as it passes: when its first token came from the upstream, when its
+first answer text reached the client, and the token counts the upstream reported.
+
+Everything works on raw JSON bytes with a few regular expressions, so a stream costs a search or
+two per network read and nothing is parsed. The patterns can only match keys: inside a JSON
+string every quote is escaped, so no text a model writes can look like `"content":"`.
+"""
+
+import re
+import time
+from typing import Any
+
+_ANSWER_KEYS = rb"content|text|response|arguments"
+_REASONING_KEYS = rb"reasoning_content|reasoning|thinking"
+# a key holding a non-empty string: chat/Ollama `content`, completion `text`, Ollama generate
+# `response`, a tool call's `arguments`; the upstream's tokens also count its reasoning
+_ANSWER_TEXT = re.compile(rb'"(?:' + _ANSWER_KEYS + rb')"\s*:\s*"[^"]')
+_ANY_TEXT = re.compile(rb'"(?:' + _ANSWER_KEYS + rb"|" + _REASONING_KEYS + rb')"\s*:\s*"[^"]')
+# OpenAI `usage` (chat, completions, responses) and Ollama's final counts; a longer number is no count
+_PROMPT_TOKENS = re.compile(rb'"(?:prompt_tokens|input_tokens|prompt_eval_count)"\s*:\s*(\d{1,15})(?![\d.eE])')
+_COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|output_tokens|eval_count)"\s*:\s*(\d{1,15})(?![\d.eE])')
+_NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+
+
+def _last(pattern: re.Pattern, raw: bytes) -> int | None:
+    found = pattern.findall(raw)
+    return int(found[-1]) if found else None
+
+
+def may_hold_counts(raw: bytes) -> bool:
+    """A cheap look for token counts, so that most events are never searched twice."""
+    return b'_tokens"' in raw or b'eval_count"' in raw
+
+
+def read_usage(raw: bytes) -> tuple[int | None, int | None]:
+    """The prompt and completion token counts in a raw JSON answer or event (the last ones), None when absent."""
+    if not may_hold_counts(raw):
+        return None, None
+    return _last(_PROMPT_TOKENS, raw), _last(_COMPLETION_TOKENS, raw)
+
+
+def ask_for_usage(body: dict[str, Any]) -> bool:
+    """
+    Makes a streamed OpenAI chat/completions request ask for token usage
+    (`stream_options.include_usage`); False when it asks already or is no stream.
+    """
+    if body.get("stream") is not True:
+        return False
+    options = body.get("stream_options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict) or options.get("include_usage") is True:
+        return False
+    body["stream_options"] = {**options, "include_usage": True}
+    return True
+
+
+class StreamMeter:
+    """
+    Watches one streamed answer inside its EventStream and writes what it sees into
+    `figures` (the flow's FlowState) as it happens, in ms from `started` (epoch seconds).
+
+    Times are taken per network read: every event of one read arrived at the same moment.
+    With `drop_usage` the usage-only event (`choices: []`), which the proxy asked for on the
+    client's behalf, is taken out of the stream, so the client gets the stream it asked for.
+    """
+
+    def __init__(self, figures: Any, started: float, drop_usage: bool = False) -> None:
+        self.figures = figures
+        self.started = started
+        self.drop_usage = drop_usage
+        self.first_token: float | None = None
+        self.last_token: float | None = None
+        self.answered = False
+
+    def received(self, events: list[bytes]) -> list[bytes]:
+        """Called with the complete events of each read, before they are edited; returns the events to pass on."""
+        block = events[0] if len(events) == 1 else b"".join(events)
+        if _ANY_TEXT.search(block) is not None:
+            now = time.time()
+            if self.first_token is None:
+                self.first_token = now
+                self.figures.upstream_first_token_ms = self._since_start(now)
+            self.last_token = now
+        if may_hold_counts(block):
+            events = [event for event in events if not self._count(event)]
+        return events
+
+    def delivered(self, output: bytes) -> None:
+        """Called with what each read sends to the client."""
+        if not self.answered and _ANSWER_TEXT.search(output) is not None:
+            self.answered = True
+            self.figures.first_token_ms = self._since_start(time.time())
+
+    def _count(self, event: bytes) -> bool:
+        """Reads the event's token counts; True when it is the usage-only event to take out."""
+        prompt, completion = read_usage(event)
+        if prompt is not None:
+            self.figures.prompt_tokens = prompt
+        if completion is None:
+            return False
+        self.figures.completion_tokens = completion
+        if self.first_token is not None and self.last_token is not None and self.last_token > self.first_token:
+            self.figures.tokens_per_s = round(completion / (self.last_token - self.first_token), 1)
+        return self.drop_usage and _NO_CHOICES.search(event) is not None
+
+    def _since_start(self, moment: float) -> float:
+        return round((moment - self.started) * 1000, 1)
