@@ -561,6 +561,11 @@ class LogStore:
         """Entries not queued because the queue was full."""
         return self._writer.dropped
 
+    @property
+    def queued(self) -> int:
+        """Entries waiting for the writer."""
+        return self._writer.queue.qsize()
+
     def open(self) -> None:
         """Blocking; entries queued before it are written once the writer runs."""
         conn = open_for_writing(self.path)

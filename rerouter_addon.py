@@ -19,6 +19,7 @@ import sys
 
 from dashboard import Dashboard
 from rerouter.figures import Figures
+from rerouter.metrics import Metrics
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
@@ -29,20 +30,22 @@ from rerouter.upstream_failures import UpstreamFailures
 
 settings = Settings()
 request_log = RequestLog(settings)
+metrics = Metrics(request_log)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
 # anything could send them upstream; routing picks the upstream before the timeout starts and the
 # rewrite records the model names; the figures' meter is set up before the think filter wraps the
-# answer's stream with it; the log comes last so it sees the rewritten request and the stream
-# exactly as the client gets it.
+# answer's stream with it; the metrics count a request before the log, which forgets it, comes last
+# and so sees the rewritten request and the stream exactly as the client gets it.
 addons = [
     settings,
-    Dashboard(settings, request_log),
+    Dashboard(settings, request_log, metrics),
     ReverseProxy(settings),
     UpstreamFailures(settings),
     ModelRewrite(settings),
     Figures(settings),
     ThinkStrip(settings),
+    metrics,
     request_log,
 ]
 

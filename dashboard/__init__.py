@@ -19,9 +19,11 @@ from urllib.parse import parse_qs
 
 from mitmproxy import ctx
 from mitmproxy import http
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
+from rerouter.metrics import Metrics
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
 from rerouter.routing import listen_host
@@ -42,7 +44,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-API = {"/api/logs", "/api/stats", "/api/inflight"}
+API = {"/api/logs", "/api/stats", "/api/inflight", "/metrics"}
 LOG_DETAIL = re.compile(r"/api/logs/([A-Za-z0-9-]{1,64})")
 SESSION_COOKIE = "rerouter_session"
 LOG_FILTERS = {"model": str, "service": str, "state": str, "q": str, "status": int, "limit": int, "offset": int}
@@ -89,9 +91,10 @@ class Dashboard:
     the login cookie); the page itself holds no data and shows the login form.
     """
 
-    def __init__(self, settings: Settings, log: RequestLog) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, metrics: Metrics) -> None:
         self.settings = settings
         self.log = log
+        self.metrics = metrics
         self.pages: dict[str, bytes] = {}
 
     def running(self) -> None:
@@ -150,6 +153,9 @@ class Dashboard:
             return json_answer({**stats, "inflight": len(self.log.inflight)})
         if path == "/api/inflight":
             return json_answer({"inflight": self.log.inflight_rows()})
+        if path == "/metrics":
+            exposition = await asyncio.to_thread(self.metrics.exposition)
+            return http.Response.make(200, exposition, {"Content-Type": CONTENT_TYPE_LATEST, **SECURITY_HEADERS})
         row = await asyncio.to_thread(store.get, LOG_DETAIL.fullmatch(path).group(1))
         return json_answer(row) if row else json_answer({"error": "no such request"}, 404)
 
