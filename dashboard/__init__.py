@@ -134,6 +134,7 @@ class Dashboard:
                 logger.warning(f"request log unreadable: {e}")
                 response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
         flow_state(flow).local = True
+        show_as_local(flow)
         flow.response = response
 
     async def _answer(self, path: str, query: str) -> http.Response:
@@ -170,6 +171,15 @@ class Dashboard:
         view = ctx.master.addons.get("view")
         if view is not None and flow_state(flow).local:
             asyncio.get_running_loop().call_soon(forget, view, flow)
+
+
+def show_as_local(flow: http.HTTPFlow) -> None:
+    """
+    Point the flow's URL at the proxy itself: in reverse mode it names the upstream, and mitmdump's
+    flow lines would make the dashboard's own polling read as requests to the upstream.
+    """
+    host, port = flow.client_conn.sockname[:2]
+    flow.request.scheme, flow.request.host, flow.request.port = "http", host, port
 
 
 def forget(view, flow: http.HTTPFlow) -> None:
