@@ -11,10 +11,11 @@ import re
 import time
 from typing import Any
 
-_ANSWER_KEYS = rb"content|text|response|arguments"
+_ANSWER_KEYS = rb"content|text|response|arguments|delta"
 _REASONING_KEYS = rb"reasoning_content|reasoning|thinking"
-# a key holding a non-empty string: chat/Ollama `content`, completion `text`, Ollama generate
-# `response`, a tool call's `arguments`; the upstream's tokens also count its reasoning
+# a key holding a non-empty string: chat/Ollama `content`, completion (and Anthropic) `text`, Ollama
+# generate `response`, a tool call's `arguments`, a Responses API `delta`; the upstream's tokens
+# also count its reasoning
 _ANSWER_TEXT = re.compile(rb'"(?:' + _ANSWER_KEYS + rb')"\s*:\s*"[^"]')
 _ANY_TEXT = re.compile(rb'"(?:' + _ANSWER_KEYS + rb"|" + _REASONING_KEYS + rb')"\s*:\s*"[^"]')
 # OpenAI `usage` (chat, completions, responses) and Ollama's final counts; a longer number is no count

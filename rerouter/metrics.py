@@ -97,39 +97,39 @@ class Metrics:
         self.requested_model = BoundedLabel()
         self.routed_model = BoundedLabel()
         self.registry = CollectorRegistry()
-        self.requests = Children(Counter(
-            "rerouter_requests",
-            "Proxied requests by service, requested and routed model, and HTTP status (`none`: no answer).",
-            ["service", "requested_model", "routed_model", "status"],
-            registry=self.registry,
-        ))
-        self.duration = Children(Histogram(
-            "rerouter_request_duration_seconds",
-            "Time from the request's start to the end of its answer.",
-            ["service", "routed_model"],
-            buckets=SECONDS_BUCKETS,
-            registry=self.registry,
-        ))
-        self.first_token = Children(Histogram(
+        self.requests = Children(
+            Counter(
+                "rerouter_requests",
+                "Proxied requests by service, requested and routed model, and HTTP status (`none`: no answer).",
+                ["service", "requested_model", "routed_model", "status"],
+                registry=self.registry,
+            )
+        )
+        self.duration = self._seconds("rerouter_request_duration_seconds", "Time from the request's start to the end of its answer.")
+        self.first_token = self._seconds(
             "rerouter_first_token_seconds",
             "Time from the request's start to the first answer text delivered to the client (streamed answers).",
-            ["service", "routed_model"],
-            buckets=SECONDS_BUCKETS,
-            registry=self.registry,
-        ))
-        self.tokens = Children(Counter(
-            "rerouter_tokens",
-            "Tokens the upstreams reported, by kind (prompt, completion).",
-            ["routed_model", "kind"],
-            registry=self.registry,
-        ))
-        self.reasoning_chars = Children(Counter(
-            "rerouter_reasoning_chars",
-            "Characters of reasoning removed from or moved within answers.",
-            ["routed_model"],
-            registry=self.registry,
-        ))
+        )
+        self.tokens = Children(
+            Counter(
+                "rerouter_tokens",
+                "Tokens the upstreams reported, by kind (prompt, completion).",
+                ["routed_model", "kind"],
+                registry=self.registry,
+            )
+        )
+        self.reasoning_chars = Children(
+            Counter(
+                "rerouter_reasoning_chars",
+                "Characters of reasoning removed from or moved within answers.",
+                ["routed_model"],
+                registry=self.registry,
+            )
+        )
         self.registry.register(LogCollector(log))
+
+    def _seconds(self, name: str, documentation: str) -> Children:
+        return Children(Histogram(name, documentation, ["service", "routed_model"], buckets=SECONDS_BUCKETS, registry=self.registry))
 
     def exposition(self) -> bytes:
         """Blocking: with every model label in use it takes a tenth of a second, so it belongs in a worker thread."""

@@ -57,7 +57,8 @@ class ModelRewrite:
             annotate(flow, "/no_think appended")
             changed = True
         # the token counts are for the log: without it nothing would read them
-        if self.settings.request_usage and self.settings.enable_logging and wants_usage(flow.request.path) and ask_for_usage(body):
+        count_tokens = self.settings.request_usage and self.settings.enable_logging
+        if count_tokens and wants_usage(flow.request.path) and ask_for_usage(body):
             flow_state(flow).usage_requested = True
             annotate(flow, "token usage requested")
             changed = True

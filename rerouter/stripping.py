@@ -40,14 +40,14 @@ class ThinkStrip:
         if kind not in (SSE, NDJSON):
             return
         encoding = response.headers.get("content-encoding")
-        meter = flow_state(flow).meter
-        if not (self.settings.strip_thinking or meter) or not supports_encoding(encoding):
+        strip, meter = self.settings.strip_thinking, flow_state(flow).meter
+        if not (strip or meter) or not supports_encoding(encoding):
             response.stream = True
             return
         if kind == SSE:
-            stream = EventStream.sse(OpenAIChunkEditor() if self.settings.strip_thinking else None, encoding, meter)
+            stream = EventStream.sse(OpenAIChunkEditor() if strip else None, encoding, meter)
         else:
-            stream = EventStream.ndjson(OllamaChunkEditor() if self.settings.strip_thinking else None, encoding, meter)
+            stream = EventStream.ndjson(OllamaChunkEditor() if strip else None, encoding, meter)
         response.stream = self.streams[flow.id] = stream
         # the body's length changes and it leaves decoded
         response.headers.pop("content-length", None)

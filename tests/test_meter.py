@@ -177,6 +177,19 @@ class TestStreamMeter:
         stream(sse(chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}])))
         assert (state.upstream_first_token_ms, state.first_token_ms) == (300.0, 300.0)
 
+    def test_responses_api_stream(self, clock):
+        stream, state = metered("sse", None)
+        clock.now = STARTED + 0.1
+        stream(sse({"type": "response.created", "response": {"status": "in_progress", "text": {"format": {"type": "text"}}, "usage": None}}))
+        assert state.upstream_first_token_ms is None
+        clock.now = STARTED + 0.2
+        stream(sse({"type": "response.output_text.delta", "delta": "Hi"}))
+        clock.now = STARTED + 0.7
+        stream(sse({"type": "response.output_text.delta", "delta": " there"}))
+        stream(sse({"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 10}}}))
+        assert (state.upstream_first_token_ms, state.first_token_ms) == (200.0, 200.0)
+        assert (state.prompt_tokens, state.completion_tokens, state.tokens_per_s) == (4, 10, 20.0)
+
     def test_unknown_figures_stay_null(self, clock):
         stream, state = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.2
