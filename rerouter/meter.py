@@ -9,6 +9,7 @@ string every quote is escaped, so no text a model writes can look like `"content
 
 import re
 import time
+from collections import deque
 from typing import Any
 
 _ANSWER_KEYS = rb"content|text|response|arguments|delta"
@@ -22,6 +23,8 @@ _ANY_TEXT = re.compile(rb'"(?:' + _ANSWER_KEYS + rb"|" + _REASONING_KEYS + rb')"
 _PROMPT_TOKENS = re.compile(rb'"(?:prompt_tokens|input_tokens|prompt_eval_count)"\s*:\s*(\d{1,15})(?![\d.eE])')
 _COMPLETION_TOKENS = re.compile(rb'"(?:completion_tokens|output_tokens|eval_count)"\s*:\s*(\d{1,15})(?![\d.eE])')
 _NO_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+RECENT_READS = 8
+"""Reads kept to find the upstream's last token once its counts arrive, after the finish, usage and [DONE] events."""
 
 
 def _last(pattern: re.Pattern, raw: bytes) -> int | None:
@@ -30,7 +33,7 @@ def _last(pattern: re.Pattern, raw: bytes) -> int | None:
 
 
 def may_hold_counts(raw: bytes) -> bool:
-    """A cheap look for token counts, so that most events are never searched twice."""
+    """A cheap look for token counts: most answers and events have none and are never searched."""
     return b'_tokens"' in raw or b'eval_count"' in raw
 
 
@@ -63,6 +66,8 @@ class StreamMeter:
     `figures` (the flow's FlowState) as it happens, in ms from `started` (epoch seconds).
 
     Times are taken per network read: every event of one read arrived at the same moment.
+    Once the first token is seen, a read costs a clock reading and a look for token counts;
+    the last token is looked for among the recent reads only when the counts arrive.
     With `drop_usage` the usage-only event (`choices: []`), which the proxy asked for on the
     client's behalf, is taken out of the stream, so the client gets the stream it asked for.
     """
@@ -72,20 +77,21 @@ class StreamMeter:
         self.started = started
         self.drop_usage = drop_usage
         self.first_token: float | None = None
-        self.last_token: float | None = None
+        self.recent: deque[tuple[float, bytes]] = deque(maxlen=RECENT_READS)
         self.answered = False
 
     def received(self, events: list[bytes]) -> list[bytes]:
         """Called with the complete events of each read, before they are edited; returns the events to pass on."""
         block = events[0] if len(events) == 1 else b"".join(events)
-        if _ANY_TEXT.search(block) is not None:
-            now = time.time()
-            if self.first_token is None:
-                self.first_token = now
-                self.figures.upstream_first_token_ms = self._since_start(now)
-            self.last_token = now
+        now = time.time()
+        if self.first_token is None and _ANY_TEXT.search(block) is not None:
+            self.first_token = now
+            self.figures.upstream_first_token_ms = self._since_start(now)
+        if self.first_token is not None:
+            self.recent.append((now, block))
         if may_hold_counts(block):
             events = [event for event in events if not self._count(event)]
+            self._rate()
         return events
 
     def delivered(self, output: bytes) -> None:
@@ -102,9 +108,14 @@ class StreamMeter:
         if completion is None:
             return False
         self.figures.completion_tokens = completion
-        if self.first_token is not None and self.last_token is not None and self.last_token > self.first_token:
-            self.figures.tokens_per_s = round(completion / (self.last_token - self.first_token), 1)
         return self.drop_usage and _NO_CHOICES.search(event) is not None
+
+    def _rate(self) -> None:
+        """Completion tokens per second from the upstream's first token to its last one, the newest recent read that holds one."""
+        completion = self.figures.completion_tokens
+        last = next((moment for moment, block in reversed(self.recent) if _ANY_TEXT.search(block)), None)
+        if completion is not None and self.first_token is not None and last is not None and last > self.first_token:
+            self.figures.tokens_per_s = round(completion / (last - self.first_token), 1)
 
     def _since_start(self, moment: float) -> float:
         return round((moment - self.started) * 1000, 1)

@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from rerouter.flows import FlowState
 from rerouter.framing import EventStream
+from rerouter.meter import RECENT_READS
 from rerouter.meter import StreamMeter
 from rerouter.meter import ask_for_usage
 from rerouter.meter import read_usage
@@ -155,6 +156,27 @@ class TestStreamMeter:
         assert state.upstream_first_token_ms == 250.0
         assert state.first_token_ms == 500.0
         assert state.tokens_per_s == 30.0  # 30 completion tokens from 0.25 s to 1.25 s
+
+    @pytest.mark.parametrize("quiet_reads, rate", [(3, 25.0), (RECENT_READS, None)])
+    def test_the_last_token_is_the_newest_read_that_holds_one(self, clock, quiet_reads, rate):
+        stream, state = metered("sse", None)
+        for moment, text in ((0.2, "Hello"), (1.4, " world")):
+            clock.now = STARTED + moment
+            stream(sse(chat_chunk(text)))
+        for i in range(quiet_reads):  # reads with no token: the finish event, comments
+            clock.now += 0.5
+            stream(sse(chat_chunk(finish_reason="stop")) if i == 0 else b": keep-alive\n\n")
+        clock.now += 0.5
+        stream(sse(usage_event()))
+        stream(sse("[DONE]"))
+        assert (state.completion_tokens, state.tokens_per_s) == (30, rate)
+
+    def test_usage_on_every_event(self, clock):
+        stream, state = metered("sse", None)
+        for i in range(1, 4):
+            clock.now = STARTED + i
+            stream(sse({**chat_chunk(f" {i}"), "usage": {"prompt_tokens": 5, "completion_tokens": i}}))
+        assert (state.completion_tokens, state.tokens_per_s) == (3, 1.5)
 
     def test_reasoning_the_upstream_separated_is_a_token_not_an_answer(self, clock):
         stream, state = metered("ndjson", None)
