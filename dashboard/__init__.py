@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 PAGES = Path(__file__).resolve().parent
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
-    "/dashboard/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/dashboard/style.css": ("style.css", "text/css; charset=utf-8"),
+    **{
+        f"/dashboard/{name}": (name, "text/javascript; charset=utf-8")
+        for name in ("app.js", "api.js", "chart.js", "detail.js", "format.js", "rules.js", "table.js")
+    },
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
