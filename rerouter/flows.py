@@ -33,10 +33,10 @@ class FlowState:
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
       `reasoned_anyway` (reasoning although a switch asked for none), `note`
       (what the proxy could not do, e.g. a stream passed on unedited).
-    - Figures: `upstream_ms`, and `meter` for a streamed answer: its EventStream
-      feeds the meter, which sets `upstream_first_token_ms`, `first_token_ms`,
-      `prompt_tokens`, `completion_tokens` and `tokens_per_s` as they happen;
-      Figures sets the token counts of a non-streamed answer itself.
+    - Figures: `upstream_ms`; `meter` while an answer streams (its EventStream
+      feeds it), and at the end `upstream_first_token_ms`, `first_token_ms`,
+      `prompt_tokens`, `completion_tokens` and `tokens_per_s` from the meter, or
+      the token counts of a non-streamed answer.
     RequestLog reads them all to write the flow's row: the fields after `local`
     and the model names are the row's fields of the same names.
     """

@@ -34,7 +34,8 @@ def _last(pattern: re.Pattern, raw: bytes) -> int | None:
 
 def may_hold_counts(raw: bytes) -> bool:
     """A cheap look for token counts: most answers and events have none and are never searched."""
-    return b'_tokens"' in raw or b'eval_count"' in raw
+    # find(), not `in`: bytes' `in` first tries the needle as an int, which costs twice the search
+    return raw.find(b'_tokens"') >= 0 or raw.find(b'eval_count"') >= 0
 
 
 def read_usage(raw: bytes) -> tuple[int | None, int | None]:
@@ -62,8 +63,8 @@ def ask_for_usage(body: dict[str, Any]) -> bool:
 
 class StreamMeter:
     """
-    Watches one streamed answer inside its EventStream and writes what it sees into
-    `figures` (the flow's FlowState) as it happens, in ms from `started` (epoch seconds).
+    Watches one streamed answer inside its EventStream and keeps the row's figures of it,
+    under the row's names, in ms from `started` (epoch seconds).
 
     Times are taken per network read: every event of one read arrived at the same moment.
     Once the first token is seen, a read costs a clock reading and a look for token counts;
@@ -72,13 +73,16 @@ class StreamMeter:
     client's behalf, is taken out of the stream, so the client gets the stream it asked for.
     """
 
-    def __init__(self, figures: Any, started: float, drop_usage: bool = False) -> None:
-        self.figures = figures
+    def __init__(self, started: float, drop_usage: bool = False) -> None:
         self.started = started
         self.drop_usage = drop_usage
+        self.upstream_first_token_ms: float | None = None
+        self.first_token_ms: float | None = None
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.tokens_per_s: float | None = None
         self.first_token: float | None = None
         self.recent: deque[tuple[float, bytes]] = deque(maxlen=RECENT_READS)
-        self.answered = False
 
     def received(self, events: list[bytes]) -> list[bytes]:
         """Called with the complete events of each read, before they are edited; returns the events to pass on."""
@@ -86,7 +90,7 @@ class StreamMeter:
         now = time.time()
         if self.first_token is None and _ANY_TEXT.search(block) is not None:
             self.first_token = now
-            self.figures.upstream_first_token_ms = self._since_start(now)
+            self.upstream_first_token_ms = self._since_start(now)
         if self.first_token is not None:
             self.recent.append((now, block))
         if may_hold_counts(block):
@@ -96,26 +100,24 @@ class StreamMeter:
 
     def delivered(self, output: bytes) -> None:
         """Called with what each read sends to the client."""
-        if not self.answered and _ANSWER_TEXT.search(output) is not None:
-            self.answered = True
-            self.figures.first_token_ms = self._since_start(time.time())
+        if self.first_token_ms is None and _ANSWER_TEXT.search(output) is not None:
+            self.first_token_ms = self._since_start(time.time())
 
     def _count(self, event: bytes) -> bool:
         """Reads the event's token counts; True when it is the usage-only event to take out."""
         prompt, completion = read_usage(event)
         if prompt is not None:
-            self.figures.prompt_tokens = prompt
+            self.prompt_tokens = prompt
         if completion is None:
             return False
-        self.figures.completion_tokens = completion
+        self.completion_tokens = completion
         return self.drop_usage and _NO_CHOICES.search(event) is not None
 
     def _rate(self) -> None:
         """Completion tokens per second from the upstream's first token to its last one, the newest recent read that holds one."""
-        completion = self.figures.completion_tokens
         last = next((moment for moment, block in reversed(self.recent) if _ANY_TEXT.search(block)), None)
-        if completion is not None and self.first_token is not None and last is not None and last > self.first_token:
-            self.figures.tokens_per_s = round(completion / (last - self.first_token), 1)
+        if self.completion_tokens is not None and self.first_token is not None and last is not None and last > self.first_token:
+            self.tokens_per_s = round(self.completion_tokens / (last - self.first_token), 1)
 
     def _since_start(self, moment: float) -> float:
         return round((moment - self.started) * 1000, 1)

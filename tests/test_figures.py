@@ -2,6 +2,7 @@ import contextlib
 import json
 
 import pytest
+from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.test import taddons
 
@@ -105,6 +106,7 @@ class TestStreams:
         assert (state.prompt_tokens, state.completion_tokens) == (12, 30)
         assert state.upstream_ms == 30.5
         assert state.upstream_first_token_ms is not None and state.first_token_ms is not None
+        assert state.meter is None  # nor the reads it kept
 
     def test_a_stream_left_unedited_is_still_metered(self, proxy):
         addons = proxy(STRIP_THINKING="false")
@@ -112,9 +114,23 @@ class TestStreams:
         answered(addons, f, http.Response.make(200, b"", {"content-type": "application/x-ndjson"}))
         body = ollama_line(content="<think>kept</think>Hi") + ollama_line(done=True, prompt_eval_count=5, eval_count=10)
         assert streamed(f, body) == body
+        finished(addons, f)
         state = flow_state(f)
         assert (state.prompt_tokens, state.completion_tokens) == (5, 10)
         assert state.first_token_ms is not None
+
+    def test_a_stream_the_client_left_keeps_what_was_measured(self, proxy):
+        addons = proxy()
+        f = reverse_flow("/v1/chat/completions", CHAT)
+        answered(addons, f, sse_response())
+        f.response.stream(b"".join(openai_stream("Hello", usage=False)[:2]))
+        f.error = mflow.Error("Client disconnected.")
+        for addon in addons:
+            if hasattr(addon, "error"):
+                addon.error(f)
+        state = flow_state(f)
+        assert state.first_token_ms is not None and state.completion_tokens is None
+        assert state.meter is None
 
     def test_without_the_log_nothing_is_measured(self, proxy):
         addons = proxy(STRIP_THINKING="false", ENABLE_LOGGING="false")

@@ -5,7 +5,6 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from rerouter.flows import FlowState
 from rerouter.framing import EventStream
 from rerouter.meter import RECENT_READS
 from rerouter.meter import StreamMeter
@@ -111,11 +110,10 @@ class TestAskForUsage:
         assert json.dumps(body) == before
 
 
-def metered(kind: str, editor, drop_usage: bool = False) -> tuple[EventStream, FlowState]:
-    state = FlowState()
-    meter = StreamMeter(state, STARTED, drop_usage=drop_usage)
+def metered(kind: str, editor, drop_usage: bool = False) -> tuple[EventStream, StreamMeter]:
+    meter = StreamMeter(STARTED, drop_usage=drop_usage)
     stream = EventStream.sse(editor, meter=meter) if kind == "sse" else EventStream.ndjson(editor, meter=meter)
-    return stream, state
+    return stream, meter
 
 
 class TestStreamMeter:
@@ -123,29 +121,29 @@ class TestStreamMeter:
     @given(st.lists(st.integers(1, 90), max_size=8), st.booleans())
     def test_the_usage_event_the_client_did_not_ask_for_is_removed(self, sizes, strip):
         events = openai_stream("Hello", " world")
-        stream, state = metered("sse", OpenAIChunkEditor() if strip else None, drop_usage=True)
+        stream, meter = metered("sse", OpenAIChunkEditor() if strip else None, drop_usage=True)
         output = b"".join(run(stream, chunked(b"".join(events), sizes)))
         without_usage = b"".join(event for event in events if b'"choices": []' not in event)
         assert output == without_usage
-        assert (state.prompt_tokens, state.completion_tokens) == (12, 30)
+        assert (meter.prompt_tokens, meter.completion_tokens) == (12, 30)
 
     @settings(max_examples=50, deadline=None)
     @given(st.lists(st.integers(1, 90), max_size=8))
     def test_a_client_that_asked_for_usage_gets_it(self, sizes):
         data = b"".join(openai_stream("Hello", " world"))
-        stream, state = metered("sse", None)
+        stream, meter = metered("sse", None)
         assert b"".join(run(stream, chunked(data, sizes))) == data
-        assert (state.prompt_tokens, state.completion_tokens) == (12, 30)
+        assert (meter.prompt_tokens, meter.completion_tokens) == (12, 30)
 
     def test_times_from_the_request_start(self, clock):
-        stream, state = metered("sse", OpenAIChunkEditor())
+        stream, meter = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.1
         stream(sse(chat_chunk(role="assistant", content="")))
-        assert state.upstream_first_token_ms is None
+        assert meter.upstream_first_token_ms is None
         clock.now = STARTED + 0.25
         stream(sse(chat_chunk("<think>Let me see")))
-        assert state.upstream_first_token_ms == 250.0
-        assert state.first_token_ms is None  # the reasoning was withheld
+        assert meter.upstream_first_token_ms == 250.0
+        assert meter.first_token_ms is None  # the reasoning was withheld
         clock.now = STARTED + 0.5
         stream(sse(chat_chunk("</think>")) + sse(chat_chunk("\n\nThe answer")))
         clock.now = STARTED + 1.25
@@ -153,13 +151,13 @@ class TestStreamMeter:
         clock.now = STARTED + 1.3
         stream(sse(chat_chunk(finish_reason="stop")) + sse(usage_event()) + sse("[DONE]"))
         stream(b"")
-        assert state.upstream_first_token_ms == 250.0
-        assert state.first_token_ms == 500.0
-        assert state.tokens_per_s == 30.0  # 30 completion tokens from 0.25 s to 1.25 s
+        assert meter.upstream_first_token_ms == 250.0
+        assert meter.first_token_ms == 500.0
+        assert meter.tokens_per_s == 30.0  # 30 completion tokens from 0.25 s to 1.25 s
 
     @pytest.mark.parametrize("quiet_reads, rate", [(3, 25.0), (RECENT_READS, None)])
     def test_the_last_token_is_the_newest_read_that_holds_one(self, clock, quiet_reads, rate):
-        stream, state = metered("sse", None)
+        stream, meter = metered("sse", None)
         for moment, text in ((0.2, "Hello"), (1.4, " world")):
             clock.now = STARTED + moment
             stream(sse(chat_chunk(text)))
@@ -169,63 +167,63 @@ class TestStreamMeter:
         clock.now += 0.5
         stream(sse(usage_event()))
         stream(sse("[DONE]"))
-        assert (state.completion_tokens, state.tokens_per_s) == (30, rate)
+        assert (meter.completion_tokens, meter.tokens_per_s) == (30, rate)
 
     def test_usage_on_every_event(self, clock):
-        stream, state = metered("sse", None)
+        stream, meter = metered("sse", None)
         for i in range(1, 4):
             clock.now = STARTED + i
             stream(sse({**chat_chunk(f" {i}"), "usage": {"prompt_tokens": 5, "completion_tokens": i}}))
-        assert (state.completion_tokens, state.tokens_per_s) == (3, 1.5)
+        assert (meter.completion_tokens, meter.tokens_per_s) == (3, 1.5)
 
     def test_reasoning_the_upstream_separated_is_a_token_not_an_answer(self, clock):
-        stream, state = metered("ndjson", None)
+        stream, meter = metered("ndjson", None)
         clock.now = STARTED + 0.125
         stream(ollama_line(thinking="Hmm"))
         clock.now = STARTED + 0.5
         stream(ollama_line(content="Hi"))
         clock.now = STARTED + 0.625
         stream(ollama_line(content="!") + ollama_line(done=True, prompt_eval_count=5, eval_count=10))
-        assert (state.upstream_first_token_ms, state.first_token_ms) == (125.0, 500.0)
-        assert (state.prompt_tokens, state.completion_tokens, state.tokens_per_s) == (5, 10, 20.0)
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (125.0, 500.0)
+        assert (meter.prompt_tokens, meter.completion_tokens, meter.tokens_per_s) == (5, 10, 20.0)
 
     def test_tool_call_arguments_are_answer_tokens(self, clock):
-        stream, state = metered("sse", OpenAIChunkEditor())
+        stream, meter = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.2
         call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
         stream(sse(chat_chunk(role="assistant", tool_calls=[call])))
-        assert state.upstream_first_token_ms is None
+        assert meter.upstream_first_token_ms is None
         clock.now = STARTED + 0.3
         stream(sse(chat_chunk(tool_calls=[{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}])))
-        assert (state.upstream_first_token_ms, state.first_token_ms) == (300.0, 300.0)
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (300.0, 300.0)
 
     def test_responses_api_stream(self, clock):
-        stream, state = metered("sse", None)
+        stream, meter = metered("sse", None)
         clock.now = STARTED + 0.1
         stream(sse({"type": "response.created", "response": {"status": "in_progress", "text": {"format": {"type": "text"}}, "usage": None}}))
-        assert state.upstream_first_token_ms is None
+        assert meter.upstream_first_token_ms is None
         clock.now = STARTED + 0.2
         stream(sse({"type": "response.output_text.delta", "delta": "Hi"}))
         clock.now = STARTED + 0.7
         stream(sse({"type": "response.output_text.delta", "delta": " there"}))
         stream(sse({"type": "response.completed", "response": {"usage": {"input_tokens": 4, "output_tokens": 10}}}))
-        assert (state.upstream_first_token_ms, state.first_token_ms) == (200.0, 200.0)
-        assert (state.prompt_tokens, state.completion_tokens, state.tokens_per_s) == (4, 10, 20.0)
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (200.0, 200.0)
+        assert (meter.prompt_tokens, meter.completion_tokens, meter.tokens_per_s) == (4, 10, 20.0)
 
     def test_unknown_figures_stay_null(self, clock):
-        stream, state = metered("sse", OpenAIChunkEditor())
+        stream, meter = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.2
         run(stream, openai_stream("Hello", " world", usage=False))
-        assert state.first_token_ms == 200.0
-        assert (state.prompt_tokens, state.completion_tokens, state.tokens_per_s) == (None, None, None)
+        assert meter.first_token_ms == 200.0
+        assert (meter.prompt_tokens, meter.completion_tokens, meter.tokens_per_s) == (None, None, None)
 
     def test_no_rate_from_a_single_read(self, clock):
-        stream, state = metered("ndjson", OllamaChunkEditor())
+        stream, meter = metered("ndjson", OllamaChunkEditor())
         stream(ollama_line(content="Hi") + ollama_line(done=True, prompt_eval_count=5, eval_count=10))
-        assert (state.completion_tokens, state.tokens_per_s) == (10, None)
+        assert (meter.completion_tokens, meter.tokens_per_s) == (10, None)
 
     def test_an_answer_with_no_text_has_no_first_token(self):
-        stream, state = metered("ndjson", OllamaChunkEditor())
+        stream, meter = metered("ndjson", OllamaChunkEditor())
         run(stream, [ollama_line(thinking="only thinking"), ollama_line(done=True, eval_count=3)])
-        assert state.upstream_first_token_ms is not None
-        assert state.first_token_ms is None
+        assert meter.upstream_first_token_ms is not None
+        assert meter.first_token_ms is None
