@@ -20,33 +20,40 @@ import sys
 from dashboard import Dashboard
 from rerouter.figures import Figures
 from rerouter.metrics import Metrics
+from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
 from rerouter.routing import reverse_defaults
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from rerouter.stripping import ThinkStrip
 from rerouter.upstream_failures import UpstreamFailures
 
 settings = Settings()
 request_log = RequestLog(settings)
+rules = Rules(settings, request_log)
 metrics = Metrics(request_log)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
-# anything could send them upstream; routing picks the upstream before the timeout starts and the
-# rewrite records the model names; the figures' meter is set up before the think filter wraps the
-# answer's stream with it; the metrics count a request before the log, which forgets it, comes last
-# and so sees the rewritten request and the stream exactly as the client gets it.
+# anything could send them upstream; routing picks the upstream before the timeout starts; the rules
+# (MODEL_MAP or its file) are in force before the rewrite asks them and records the model names;
+# the figures' meter is set up before the think filter wraps the answer's stream with it; the
+# metrics count a request before the log, which forgets it, comes last so it sees the rewritten
+# request and the stream exactly as the client gets it; then secrets in the path are masked for
+# what mitmdump prints once each flow ends.
 addons = [
     settings,
-    Dashboard(settings, request_log, metrics),
+    Dashboard(settings, request_log, rules, metrics),
     ReverseProxy(settings),
     UpstreamFailures(settings),
-    ModelRewrite(settings),
+    rules,
+    ModelRewrite(settings, rules),
     Figures(settings),
     ThinkStrip(settings),
     metrics,
     request_log,
+    PrintedSecrets(),
 ]
 
 USER_FLAGS = {

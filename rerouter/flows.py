@@ -13,6 +13,7 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
+from logstore import FLOW_FIELDS
 from rerouter.meter import StreamMeter
 
 STATE_KEY = "rerouter"
@@ -24,10 +25,13 @@ class FlowState:
     The rerouter's record of one flow, kept under `flow.metadata["rerouter"]`.
 
     Who sets what (in the order the addons run):
+    - ReverseProxy: `client_host`, the Host the client sent (mitmproxy's reverse
+      mode replaces it with the upstream's), for the dashboard's Host rule.
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
-      DISABLE_THINKING switches it applied), `usage_requested` when it asked the
-      upstream for token usage the client did not ask for (REQUEST_USAGE).
+      DISABLE_THINKING switches it applied), `rule` (the key of the rule that
+      matched the requested model, None when none did), `usage_requested` when it
+      asked the upstream for token usage the client did not ask for (REQUEST_USAGE).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
@@ -37,13 +41,15 @@ class FlowState:
       feeds it), and at the end `upstream_first_token_ms`, `first_token_ms`,
       `prompt_tokens`, `completion_tokens` and `tokens_per_s` from the meter, or
       the token counts of a non-streamed answer.
-    RequestLog reads them all to write the flow's row: the fields after `local`
-    and the model names are the row's fields of the same names.
+    RequestLog reads them all to write the flow's row: the model names and
+    logstore.FLOW_FIELDS (`row_fields()`) are the row's fields of the same names.
     """
 
+    client_host: str | None = None
     local: bool = False
     requested_model: str | None = None
     routed_model: str | None = None
+    rule: str | None = None
     thinking_switches: tuple[str, ...] = ()
     usage_requested: bool = False
     meter: StreamMeter | None = None
@@ -60,6 +66,9 @@ class FlowState:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tokens_per_s: float | None = None
+
+    def row_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FLOW_FIELDS}
 
 
 def flow_state(flow: http.HTTPFlow) -> FlowState:
@@ -103,4 +112,8 @@ def json_object(message: http.Message) -> dict[str, Any] | None:
 
 
 def set_json(message: http.Message, body: dict[str, Any]) -> None:
-    message.content = json.dumps(body, ensure_ascii=False).encode()
+    """Text stays as written, except a lone surrogate (valid JSON, no UTF-8), which stays escaped."""
+    try:
+        message.content = json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        message.content = json.dumps(body).encode()

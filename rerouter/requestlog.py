@@ -21,6 +21,7 @@ from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.framing import LAST_EVENT_WINDOW
 from rerouter.framing import ends_with_last_event
+from rerouter.redaction import redact_path
 from rerouter.routing import is_ollama_path
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
@@ -139,7 +140,7 @@ class RequestLog:
         record = Inflight(
             id=flow.id,
             method=request.method,
-            path=request.path,
+            path=redact_path(request.path),
             requested_model=shared.requested_model,
             routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
@@ -187,6 +188,7 @@ class RequestLog:
             stream=streamed,
             response_bytes=size,
             response_body=body,
+            **flow_state(flow).row_fields(),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -212,6 +214,7 @@ class RequestLog:
             response_bytes=record.response_bytes,
             response_body=bytes(record.delivered),
             error=message,
+            **shared.row_fields(),
         )
 
     @staticmethod

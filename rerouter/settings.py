@@ -8,10 +8,12 @@ silently unloads an addon when a typed option gets a malformed `--set` value.
 """
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 
 
 class Upstream(NamedTuple):
@@ -97,6 +100,44 @@ def parse_path(text: str) -> str:
     return text
 
 
+MIN_TOKEN_LENGTH = 16
+EXAMPLE_TOKENS = frozenset({"change-me"})
+"""Tokens README.md or compose.yaml showed as examples, now or in an earlier release: anyone could have read them."""
+
+
+def parse_dashboard_token(text: str) -> str:
+    """Empty means no token; the message never repeats the token, which may be close to the real one."""
+    if text.strip().lower() in EXAMPLE_TOKENS:
+        raise ValueError("is an example from the documentation; choose your own (e.g. openssl rand -hex 24)")
+    if text and len(text) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_TOKEN_LENGTH} characters, got {len(text)} (e.g. openssl rand -hex 24)"
+        )
+    return text
+
+
+def parse_hosts(text: str) -> frozenset[str]:
+    """Host names or addresses as `host_name` gives them; `*` stands for any."""
+    hosts = frozenset(host_name(name) for name in text.split(",") if name.strip())
+    for name in hosts:
+        if name != "*" and not HOST_NAME.fullmatch(name) and not is_ip_address(name):
+            raise ValueError(f"expected comma-separated host names or addresses without ports, or *, got {name!r}")
+    return hosts
+
+
+def host_name(text: str) -> str:
+    """A host name as compared: lower case, no trailing dot, an IPv6 address without brackets."""
+    return text.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_model_map(text: str) -> ModelMap:
     try:
         mapping = json.loads(text)
@@ -149,6 +190,13 @@ MODEL_MAP = Setting(
     "JSON object of model rewrites; keys are exact names or /regex/ (/regex/i ignores case), "
     'values may use \\1 or \\g<name> (written \\\\1 in JSON), e.g. {"gpt-4": "llama3-70b", "/^claude-(.*)$/": "qwen3:\\\\1"}.',
 )
+MODEL_MAP_FILE = Setting(
+    "MODEL_MAP_FILE",
+    "",
+    str,
+    "Path of a JSON or YAML file holding the model map instead of MODEL_MAP (same keys; a value may also be "
+    '{"model": ..., "set": {...}, "drop": [...]}); re-read within 2 s when it changes, without a restart.',
+)
 STRIP_THINKING = Setting(
     "STRIP_THINKING",
     "true",
@@ -190,9 +238,17 @@ LOG_MAX_BODY_BYTES = Setting(
 DASHBOARD_TOKEN = Setting(
     "DASHBOARD_TOKEN",
     "",
-    str,
+    parse_dashboard_token,
     "When set, the dashboard's data and every local JSON route require this token "
-    "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
+    f"(Authorization: Bearer, or the login form's cookie; at least {MIN_TOKEN_LENGTH} characters); "
+    "proxied traffic is unaffected.",
+)
+DASHBOARD_HOSTS = Setting(
+    "DASHBOARD_HOSTS",
+    "",
+    parse_hosts,
+    "Comma-separated host names the dashboard and local JSON routes answer to, besides localhost, "
+    "loopback addresses and LISTEN_HOST (* = any); other Host headers get 403, against DNS rebinding.",
 )
 REQUEST_USAGE = Setting(
     "REQUEST_USAGE",
@@ -221,6 +277,7 @@ class Settings:
     upstream_url: Upstream = UPSTREAM_URL.field()
     ollama_upstream_url: Upstream = OLLAMA_UPSTREAM_URL.field()
     model_map: ModelMap = MODEL_MAP.field()
+    model_map_file: str = MODEL_MAP_FILE.field()
     strip_thinking: bool = STRIP_THINKING.field()
     disable_thinking: bool = DISABLE_THINKING.field()
     request_timeout: float = REQUEST_TIMEOUT.field()
@@ -229,6 +286,7 @@ class Settings:
     max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
+    dashboard_hosts: frozenset[str] = DASHBOARD_HOSTS.field()
     request_usage: bool = REQUEST_USAGE.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()

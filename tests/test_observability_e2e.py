@@ -154,7 +154,6 @@ def row(proxy, model: str) -> dict:
     return get(proxy, f"/api/logs/{rows[0]['id']}")[1]
 
 
-@pytest.mark.xfail(reason="the row columns come with the store branch", raises=KeyError, strict=False)
 def test_rows_carry_the_figures(proxy):
     tag = uuid.uuid4().hex[:8]
     plain = openai_client(proxy).chat.completions.create(model=f"plain-{tag}", messages=USER)

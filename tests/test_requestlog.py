@@ -16,7 +16,9 @@ from rerouter.metrics import Metrics
 from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
+from rerouter.rules import Rules
 from rerouter.settings import Settings
+from tests.conftest import dashboard_addons
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
 from tests.conftest import start
@@ -47,7 +49,7 @@ def logged(settings_env, tmp_path):
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Metrics(log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield tctx, s, log, dash
@@ -78,6 +80,45 @@ class TestRequestLog:
         assert (row["requested_model"], row["routed_model"], row["status"], row["stream"]) == ("gpt-4", "llama3-70b", 200, False)
         assert dict(row["request_headers"])["authorization"] == "[redacted]"
         assert json.loads(row["response_body"]) == {"choices": []}
+
+    def test_row_gets_the_figures_other_addons_found_and_a_masked_path(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow("/v1/chat/completions?key=sk-in-the-query&alt=sse", body={"model": "m"})
+        log.request(f)
+        assert [r["path"] for r in log.inflight_rows()] == ["/v1/chat/completions?key=[redacted]&alt=sse"]
+        figures = {
+            "reasoning_chars": 12,
+            "lone_think_close": True,
+            "response_model": "m-2025",
+            "reasoned_anyway": True,
+            "note": "passed on unedited",
+            "upstream_ms": 3.5,
+            "upstream_first_token_ms": 20.0,
+            "first_token_ms": 80.5,
+            "prompt_tokens": 9,
+            "completion_tokens": 42,
+            "tokens_per_s": 33.25,
+        }
+        for name, value in figures.items():
+            setattr(flow_state(f), name, value)
+        f.response = json_response({"choices": [{"message": {"content": "Hi!"}}]})
+        log.responseheaders(f)
+        log.response(f)
+        row = stored(log, f.id)
+        assert {name: row[name] for name in figures} == figures
+        assert row["path"] == "/v1/chat/completions?key=[redacted]&alt=sse"
+        assert json.loads(row["request_body"]) == {"model": "m"} and row["response_text"] == "Hi!"
+
+    def test_failed_row_gets_the_figures_too(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow(body={"model": "m"})
+        log.request(f)
+        flow_state(f).upstream_ms, flow_state(f).reasoning_chars = 7.5, 3
+        f.error = mflow.Error("Client disconnected.")
+        log.error(f)
+        row = stored(log, f.id, "aborted")
+        assert (row["upstream_ms"], row["reasoning_chars"], row["first_token_ms"]) == (7.5, 3, None)
+        assert json.loads(row["request_body"]) == {"model": "m"}
 
     def test_streamed_body_is_what_the_client_got(self, logged):
         tctx, s, log, dash = logged
@@ -171,15 +212,8 @@ class TestDashboard:
 
 @pytest.fixture
 def guarded(settings_env, tmp_path):
-    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
-    settings_env.setenv("DASHBOARD_TOKEN", "s3cret-token")
-    s = Settings()
-    log = RequestLog(s)
-    dash = Dashboard(s, log, Metrics(log))
-    with taddons.context(s, dash, log) as tctx:
-        start(tctx, s, log)
+    with dashboard_addons(settings_env, tmp_path, DASHBOARD_TOKEN="s3cret-token-for-tests") as dash:
         yield dash
-        log.done()
 
 
 async def ask(dash: Dashboard, path: str, method: str = "GET", **headers) -> http.HTTPFlow:
@@ -194,18 +228,18 @@ class TestToken:
     async def test_json_routes_need_it(self, guarded, path):
         assert (await ask(guarded, path)).response.status_code == 401
         assert (await ask(guarded, path, authorization="Bearer wrong")).response.status_code == 401
-        assert (await ask(guarded, path, authorization="Bearer s3cret-token")).response.status_code in (200, 404)
+        assert (await ask(guarded, path, authorization="Bearer s3cret-token-for-tests")).response.status_code in (200, 404)
 
     async def test_the_page_shows_its_login_form_without_it(self, guarded):
         assert (await ask(guarded, "/")).response.status_code == 200
 
     async def test_login_sets_an_httponly_cookie_that_opens_the_routes(self, guarded):
         f = reverse_flow("/login")
-        f.request.urlencoded_form = [("token", "s3cret-token")]
+        f.request.urlencoded_form = [("token", "s3cret-token-for-tests")]
         await guarded.request(f)
         assert f.response.status_code == 303
         cookie = f.response.headers["set-cookie"]
-        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "s3cret-token" not in cookie
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "s3cret-token-for-tests" not in cookie
         session = cookie.split(";", 1)[0]
         assert (await ask(guarded, "/api/stats", cookie=session)).response.status_code == 200
         assert (await ask(guarded, "/api/stats", cookie="rerouter_session=forged")).response.status_code == 401
@@ -233,7 +267,7 @@ async def test_crafted_paths_are_not_local(logged, path):
 
 @pytest.mark.parametrize(
     "host, token, warned",
-    [("0.0.0.0", "", True), ("192.168.1.5", "", True), ("", "", True), ("0.0.0.0", "t", False), ("127.0.0.1", "", False), ("::1", "", False), ("localhost", "", False)],
+    [("0.0.0.0", "", True), ("192.168.1.5", "", True), ("", "", True), ("0.0.0.0", "t" * 16, False), ("127.0.0.1", "", False), ("::1", "", False), ("localhost", "", False)],
 )
 def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
@@ -241,7 +275,7 @@ def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
     settings_env.setenv("DASHBOARD_TOKEN", token)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Metrics(log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         dash.running()
