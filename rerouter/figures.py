@@ -13,8 +13,6 @@ from rerouter.meter import read_usage
 from rerouter.settings import Settings
 
 STREAMS = ("text/event-stream", "application/x-ndjson")
-
-
 METERED = ("upstream_first_token_ms", "first_token_ms", "prompt_tokens", "completion_tokens", "tokens_per_s")
 
 
@@ -22,7 +20,8 @@ class Figures:
     """
     Sets up a StreamMeter for each streamed answer, which ThinkStrip's EventStream
     feeds, and takes its figures when the flow ends; reads the token counts of
-    plain answers. Only the log reads the figures, so without it nothing is measured.
+    plain answers. Only the log and /metrics, served with it, read the figures, so
+    without the log nothing is measured.
     """
 
     def __init__(self, settings: Settings) -> None:

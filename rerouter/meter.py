@@ -2,9 +2,9 @@
 The figures of one answer as it passes: when its first token came from the upstream, when its
 first answer text reached the client, and the token counts the upstream reported.
 
-Everything works on raw JSON bytes with a few regular expressions, so a stream costs a search or
-two per network read and nothing is parsed. The patterns can only match keys: inside a JSON
-string every quote is escaped, so no text a model writes can look like `"content":"`.
+Everything works on raw JSON bytes with a few regular expressions and byte searches, so nothing
+is parsed. The patterns can only match keys: inside a JSON string every quote is escaped, so no
+text a model writes can look like `"content":"`.
 """
 
 import re
