@@ -9,7 +9,9 @@ from mitmproxy.test import taddons
 from rerouter.figures import Figures
 from rerouter.flows import flow_state
 from rerouter.framing import EventStream
+from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from rerouter.stripping import ThinkStrip
 from tests.conftest import json_response
@@ -33,8 +35,9 @@ def proxy(settings_env):
             for name, value in env.items():
                 settings_env.setenv(name, value)
             s = Settings()
-            addons = [ModelRewrite(s), Figures(s), ThinkStrip(s)]
-            start(stack.enter_context(taddons.context(s, *addons)), s)
+            rules = Rules(s, RequestLog(s))
+            addons = [ModelRewrite(s, rules), Figures(s), ThinkStrip(s)]
+            start(stack.enter_context(taddons.context(s, rules, *addons)), s, rules)
             return addons
 
         yield make
