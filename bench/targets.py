@@ -30,7 +30,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REROUTER_ENV = (
     "UPSTREAM_URL", "OLLAMA_UPSTREAM_URL", "MODEL_MAP", "STRIP_THINKING", "DISABLE_THINKING",
     "REQUEST_TIMEOUT", "ENABLE_LOGGING", "DB_PATH", "MAX_LOG_AGE_DAYS", "LOG_MAX_BODY_BYTES",
-    "LISTEN_HOST", "LISTEN_PORT",
+    "LISTEN_HOST", "LISTEN_PORT", "REQUEST_USAGE",
 )  # fmt: skip
 # Output costs the proxies CPU, and unequally: mitmdump prints a flow line per request, plus
 # "Streaming request/response" info lines per streamed body (every body, with stream_large_bodies=1),

@@ -26,6 +26,7 @@ from urllib.parse import parse_qs
 
 from mitmproxy import ctx
 from mitmproxy import http
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from dashboard.access import SESSION_MAX_AGE
 from dashboard.access import LoginThrottle
@@ -39,6 +40,7 @@ from logstore import LogStore
 from logstore import ReadTimeout
 from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
+from rerouter.metrics import Metrics
 from rerouter.redaction import redact_path
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
@@ -143,10 +145,11 @@ class Dashboard:
     Other routes join the table in `__init__` (exact paths) or `patterns`.
     """
 
-    def __init__(self, settings: Settings, log: RequestLog, rules: Rules) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, rules: Rules, metrics: Metrics) -> None:
         self.settings = settings
         self.log = log
         self.rules = rules
+        self.metrics = metrics
         self.pages: dict[str, bytes] = {}
         self.queries = QueryPool()
         self.throttle = LoginThrottle()
@@ -155,6 +158,7 @@ class Dashboard:
             "/api/stats": self.stats,
             "/api/inflight": self.inflight,
             **{path: self.rules_route for path in RULES_ROUTES},
+            "/metrics": self.metrics_route,
         }
         self.patterns: list[tuple[re.Pattern, Handler]] = [(LOG_DETAIL, self.log_detail)]
 
@@ -290,6 +294,10 @@ class Dashboard:
         path, _, query = flow.request.path.partition("?")
         status, body = self.rules.answer(path, query)
         return json_answer(body, status)
+
+    async def metrics_route(self, flow: http.HTTPFlow) -> http.Response:
+        exposition = await self.queries.run(self.metrics.exposition)
+        return http.Response.make(200, exposition, {"Content-Type": CONTENT_TYPE_LATEST, **SECURITY_HEADERS})
 
     async def log_detail(self, flow: http.HTTPFlow, id: str) -> http.Response:
         row = await self.queries.run(self.store().get, id)

@@ -303,6 +303,13 @@ DASHBOARD_HOSTS = Setting(
     "Comma-separated host names the dashboard and local JSON routes answer to, besides localhost, "
     "loopback addresses and LISTEN_HOST (* = any); other Host headers get 403, against DNS rebinding.",
 )
+REQUEST_USAGE = Setting(
+    "REQUEST_USAGE",
+    "true",
+    parse_bool,
+    "Ask the upstream for token usage (stream_options.include_usage) in streamed OpenAI chat and completions "
+    "requests that did not ask for it, and remove the usage-only event from what the client gets.",
+)
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
 LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
@@ -336,6 +343,7 @@ class Settings:
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
     dashboard_hosts: frozenset[str] = DASHBOARD_HOSTS.field()
+    request_usage: bool = REQUEST_USAGE.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()
     listen_port: int = LISTEN_PORT.field()

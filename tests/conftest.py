@@ -70,6 +70,7 @@ def settings_env(monkeypatch):
 def dashboard_addons(settings_env, tmp_path, **env):
     """The Dashboard with its settings and request log as the script wires them, on a log in tmp_path."""
     from dashboard import Dashboard
+    from rerouter.metrics import Metrics
     from rerouter.requestlog import RequestLog
     from rerouter.rules import Rules
     from rerouter.settings import Settings
@@ -79,7 +80,7 @@ def dashboard_addons(settings_env, tmp_path, **env):
         settings_env.setenv(name, value)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield dash

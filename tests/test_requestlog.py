@@ -12,6 +12,7 @@ from mitmproxy.test import taddons
 from dashboard import Dashboard
 from dashboard import log_filters
 from rerouter.flows import flow_state
+from rerouter.metrics import Metrics
 from rerouter.requestlog import BodySample
 from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import RequestLog
@@ -44,7 +45,7 @@ def logged(settings_env, tmp_path):
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield tctx, s, log, dash
@@ -270,7 +271,7 @@ def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
     settings_env.setenv("DASHBOARD_TOKEN", token)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         dash.running()

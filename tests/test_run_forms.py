@@ -88,4 +88,4 @@ def test_mitmweb_shows_what_changed(module_rerouter):
     with urllib.request.urlopen(request, timeout=10) as response:
         flows = json.load(response)
     comments = [f.get("comment", "") for f in flows]
-    assert "model: gpt-4 -> llama3-70b; thinking stripped" in comments
+    assert "model: gpt-4 -> llama3-70b; token usage requested; thinking stripped" in comments
