@@ -21,12 +21,14 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from rerouter.dburl import parse_database_url
 from rerouter.modelmap import ModelMap
 
 logger = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+MAX_INSTANCE_NAME = 200
 
 
 class Upstream(NamedTuple):
@@ -95,6 +97,13 @@ def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a file path")
     return text
+
+
+def parse_instance_name(text: str) -> str:
+    name = text.strip()
+    if len(name) > MAX_INSTANCE_NAME or not name.isprintable():
+        raise ValueError(f"expected a printable name of at most {MAX_INSTANCE_NAME} characters, got {text!r}")
+    return name
 
 
 def parse_model_map(text: str) -> ModelMap:
@@ -194,6 +203,19 @@ DASHBOARD_TOKEN = Setting(
     "When set, the dashboard's data and every local JSON route require this token "
     "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
 )
+DATABASE_URL = Setting(
+    "DATABASE_URL",
+    "",
+    parse_database_url,
+    "postgresql://user:password@host:port/database: keep the request log in PostgreSQL, shared by several "
+    "replicas, instead of the SQLite file at DB_PATH; empty = SQLite.",
+)
+INSTANCE_NAME = Setting(
+    "INSTANCE_NAME",
+    "",
+    parse_instance_name,
+    "This replica's name in the shared request log (each row's `instance`); empty = host name and listen port.",
+)
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
 LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
@@ -222,6 +244,8 @@ class Settings:
     max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
+    database_url: str = DATABASE_URL.field()
+    instance_name: str = INSTANCE_NAME.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()
     listen_port: int = LISTEN_PORT.field()
