@@ -1,5 +1,5 @@
 """
-The request log: one SQLite file, written by one background thread.
+The request log: one SQLite file (or a PostgreSQL database, see pglogstore), written by one background thread.
 
 The proxy's event loop never waits on the disk: `begin`, `finish` and
 `cleanup` only put an item on a bounded queue, and a writer thread drains it
@@ -7,6 +7,10 @@ in batches, one transaction each. A slow, locked or failing disk costs log
 entries at worst (counted in `dropped`), never proxy latency. The reads behind
 the JSON API block and are meant for a worker thread; WAL mode lets them run
 while the writer writes.
+
+What differs between the two databases (connecting, schema, writing a batch,
+retention, text search) sits behind `Database`; the queue, the writer thread
+and the queries are shared, so both stores answer every query the same.
 """
 
 import contextlib
@@ -19,6 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +32,7 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +47,8 @@ BATCH_SIZE = 500
 RETENTION_BATCH = 1000
 """Rows per DELETE, so that retention never holds the write lock for long."""
 MAX_PAGE = 500
+MAX_INFLIGHT_ELSEWHERE = 1000
+"""Other replicas' requests listed at most by /api/inflight."""
 BUSY_TIMEOUT = 1.0
 """Seconds to wait for a lock: a locked database fails fast and the writer's retry takes over."""
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
@@ -68,6 +76,7 @@ ROW_FIELDS = (
     "request_bytes",
     "response_bytes",
     "error",
+    "instance",
 )
 FINISH_FIELDS = frozenset(
     {
@@ -118,13 +127,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX requests_requested_model ON requests (requested_model)",
         "CREATE INDEX requests_routed_model ON requests (routed_model)",
     ),
+    # 2: the replica (INSTANCE_NAME) that served the request
+    ("ALTER TABLE requests ADD COLUMN instance TEXT",),
 ]
 
 INSERT = """
     INSERT INTO requests (
         id, started_at, method, path, service, upstream, stream, requested_model, routed_model,
-        request_headers, request_body, request_bytes
-    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        request_headers, request_body, request_bytes, instance
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (id) DO NOTHING
 """
 # A field finish() was not given is passed as NULL and keeps what begin() wrote.
@@ -276,7 +287,14 @@ def _contains_folded(haystack: str | bytes | None, needle: str) -> bool:
     return needle in haystack.casefold()
 
 
-def _escape_like(text: str) -> str:
+def _body_text(body: str | bytes | None) -> str:
+    """A stored body as text: SQLite keeps the bytes, PostgreSQL text decoded the same way on writing."""
+    if isinstance(body, str):
+        return body
+    return (body or b"").decode("utf-8", "replace")
+
+
+def escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
@@ -340,6 +358,7 @@ class Batch:
             json.dumps(redact_headers(row.get("request_headers") or ())),
             cap_body(body, total, max_body_bytes),
             _optional(int, total),
+            _text(row.get("instance")),
         )
 
     @staticmethod
@@ -361,11 +380,149 @@ class Batch:
         )
 
 
-class Writer:
-    """The queue, the one thread that drains it, and the write connection that thread owns."""
+class Reader(Protocol):
+    """A read connection as the queries use it: `?` placeholders, rows as tuples."""
 
-    def __init__(self, path: str, max_body_bytes: int, max_age_seconds: float, queue_size: int) -> None:
-        self.path = path
+    def execute(self, sql: str, params: Iterable[Any] = ...) -> Any: ...
+
+
+class Database(Protocol):
+    """
+    One kind of database under the log. The writer thread alone calls `write`,
+    `retain`, `tick` and `disconnect`, on a write connection the database keeps;
+    `reading` may be called from any thread.
+    """
+
+    where: str
+    """The file or server, as messages may show it."""
+    transient: tuple[type[Exception], ...]
+    """Write errors that a retry of the same batch can outlive."""
+    errors: tuple[type[Exception], ...]
+    """Every error of the driver."""
+    tick_seconds: float | None
+    """How often the writer calls `tick` when nothing else is to be done; None = never."""
+
+    def prepare(self, cutoff: float) -> None:
+        """
+        Blocking, before the writer starts: what must fail at startup rather than later,
+        and the first retention (rows started before `cutoff`), now or as soon as it can.
+        """
+
+    def write(self, batch: "Batch") -> None: ...
+
+    def retain(self, cutoff: float) -> None:
+        """Deletes the rows started before `cutoff` and gives their space back."""
+
+    def tick(self) -> None: ...
+
+    def disconnect(self) -> None: ...
+
+    def describe(self, error: Exception) -> str:
+        """An error's message as it may be shown."""
+
+    def reading(self) -> contextlib.AbstractContextManager[Reader]:
+        """A read connection in one transaction, so that counts and rows agree."""
+
+    def search(self, q: str) -> tuple[str, list[Any]]:
+        """A WHERE clause (and its parameters) for rows whose path or bodies contain `q`, ignoring case."""
+
+    def inflight_elsewhere(self, instance: str | None, limit: int) -> list[tuple]:
+        """Rows other replicas are serving now: INFLIGHT_FIELDS plus the bytes answered so far."""
+
+    def close(self) -> None:
+        """Lets go of what reads keep open."""
+
+
+class SqliteDatabase:
+    """The request log in one SQLite file in WAL mode, for one proxy process."""
+
+    transient = (sqlite3.OperationalError, OSError)
+    errors = (sqlite3.Error,)
+    tick_seconds = None
+
+    def __init__(self, path: str) -> None:
+        self.where = self.path = str(Path(path).absolute())
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._read_uri = Path(self.path).as_uri() + "?mode=ro"
+
+    def prepare(self, cutoff: float) -> None:
+        """Opens the file now, so that a path that cannot be used stops startup; one process owns the file."""
+        conn = open_for_writing(self.path)
+        try:
+            conn.execute("UPDATE requests SET state = 'aborted', error = ? WHERE state = 'inflight'", (ABORTED_ERROR,))
+            delete_older_than(conn, cutoff)
+        finally:
+            conn.close()
+
+    def write(self, batch: "Batch") -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:
+            conn.executemany(INSERT, batch.inserts)
+            conn.executemany(UPDATE, batch.updates)
+
+    def retain(self, cutoff: float) -> None:
+        delete_older_than(self._connection(), cutoff)
+
+    def tick(self) -> None:
+        pass
+
+    def _connection(self) -> sqlite3.Connection:
+        """Reopens the file when it was deleted or replaced: the old connection would write into the void."""
+        # an identity of None means the file vanished while it was being opened: open it again
+        if self._conn is not None and (self._identity is None or file_identity(self.path) != self._identity):
+            logger.warning("request log %s was removed or replaced; opening it again", self.path)
+            self.disconnect()
+        if self._conn is None:
+            self._conn = open_for_writing(self.path)
+            self._identity = file_identity(self.path)
+        return self._conn
+
+    def disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def describe(error: Exception) -> str:
+        return str(error)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        try:
+            conn.create_function("contains_folded", 2, _contains_folded, deterministic=True)
+            conn.execute("BEGIN")
+            yield conn
+        finally:
+            conn.close()
+
+    @staticmethod
+    def search(q: str) -> tuple[str, list[Any]]:
+        # LIKE ignores case for ASCII only, but runs in C without a call into Python per row.
+        if q.isascii():
+            searched = ("path", "CAST(request_body AS TEXT)", "CAST(response_body AS TEXT)")
+            return "(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in searched) + ")", [
+                f"%{escape_like(q)}%"
+            ] * 3
+        searched = ("path", "request_body", "response_body")
+        return "(" + " OR ".join(f"contains_folded({column}, ?)" for column in searched) + ")", [q.casefold()] * 3
+
+    @staticmethod
+    def inflight_elsewhere(instance: str | None, limit: int) -> list[tuple]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class Writer:
+    """The queue and the one thread that drains it into the database, which only that thread writes."""
+
+    def __init__(self, database: Database, max_body_bytes: int, max_age_seconds: float, queue_size: int) -> None:
+        self.database = database
         self.max_body_bytes = max_body_bytes
         self.max_age_seconds = max_age_seconds
         self.queue: queue.Queue[tuple] = queue.Queue(queue_size)
@@ -374,8 +531,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._deadline = math.inf
-        self._conn: sqlite3.Connection | None = None
-        self._identity: tuple[int, int] | None = None
+        self._next_tick = 0.0
         self._abandoned = 0
         self._drop_warning = RateLimit(DROP_WARNING_INTERVAL)
         self._failure_warning = RateLimit(FAILURE_WARNING_INTERVAL)
@@ -409,25 +565,44 @@ class Writer:
     def _run(self) -> None:
         try:
             while not self._finished():
+                self._tick()
                 batch = self._prepare(self._take())
                 if batch.size:
                     self._write_or_skip(batch)
         finally:
-            self._disconnect()
+            self.database.disconnect()
             self._report_unwritten()
 
     def _finished(self) -> bool:
         return time.monotonic() >= self._deadline or (self._closing.is_set() and self.queue.empty())
 
     def _take(self) -> list[tuple]:
-        """Blocks for one item, then takes what else is queued already, to write it all in one transaction."""
-        items = [self.queue.get()]
+        """
+        Blocks for one item (until the next tick at most), then takes what else is
+        queued already, to write it all in one transaction.
+        """
+        try:
+            items = [self.queue.get(timeout=self.database.tick_seconds)]
+        except queue.Empty:
+            return []
         while len(items) < BATCH_SIZE:
             try:
                 items.append(self.queue.get_nowait())
             except queue.Empty:
                 break
         return [item for item in items if item is not _WAKE]
+
+    def _tick(self) -> None:
+        """The database's periodic work; its failures are the next tick's to retry, and cost no entries."""
+        if self.database.tick_seconds is None or time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + self.database.tick_seconds
+        try:
+            self.database.tick()
+        except Exception as e:
+            self.database.disconnect()
+            if self._failure_warning.ready():
+                logger.warning("request log %s: %s", self.database.where, e)
 
     def _prepare(self, items: list[tuple]) -> Batch:
         """Done once per batch and before any retry, which also lets go of big bodies early."""
@@ -446,7 +621,7 @@ class Writer:
         try:
             self._write_with_retry(batch)
         except Exception:
-            self._disconnect()
+            self.database.disconnect()
             self.failures += batch.size
             if self._failure_warning.ready():
                 logger.exception("cannot write %d request log entries; skipping them", batch.size)
@@ -458,15 +633,15 @@ class Writer:
         while True:
             try:
                 self._write(batch)
-            except (sqlite3.OperationalError, OSError) as e:
-                self._disconnect()
+            except self.database.transient as e:
+                self.database.disconnect()
                 if attempts == 0:
                     self.failures += batch.size
                 attempts += 1
                 if self._failure_warning.ready():
                     logger.warning(
                         "cannot write request log %s: %s; retrying (%d entries waiting)",
-                        self.path,
+                        self.database.where,
                         e,
                         batch.size + self.queue.qsize(),
                     )
@@ -476,19 +651,15 @@ class Writer:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
             else:
                 if attempts:
-                    logger.info("request log %s written again after %d failed attempts", self.path, attempts)
+                    logger.info("request log %s written again after %d failed attempts", self.database.where, attempts)
                 return
 
     def _write(self, batch: Batch) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        with conn:
-            conn.executemany(INSERT, batch.inserts)
-            conn.executemany(UPDATE, batch.updates)
+        self.database.write(batch)
         # When retention fails after the commit, writing the batch again is harmless:
         # known ids are not inserted twice and the updates set the same values.
         if batch.cleanup:
-            delete_older_than(conn, time.time() - self.max_age_seconds)
+            self.database.retain(time.time() - self.max_age_seconds)
 
     def _pause(self, seconds: float) -> bool:
         """Sleeps between retries, never past close()'s deadline; False once that has passed."""
@@ -496,23 +667,6 @@ class Writer:
         self._closing.wait(seconds)
         time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
         return time.monotonic() < self._deadline
-
-    def _connection(self) -> sqlite3.Connection:
-        """Reopens the file when it was deleted or replaced: the old connection would write into the void."""
-        # an identity of None means the file vanished while it was being opened: open it again
-        if self._conn is not None and (self._identity is None or file_identity(self.path) != self._identity):
-            logger.warning("request log %s was removed or replaced; opening it again", self.path)
-            self._disconnect()
-        if self._conn is None:
-            self._conn = open_for_writing(self.path)
-            self._identity = file_identity(self.path)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
 
     def _report_unwritten(self) -> None:
         unwritten = self._abandoned
@@ -527,18 +681,38 @@ class Writer:
             logger.warning("request log: %d entries were not written before close() gave up", unwritten)
 
 
+class LogUnavailable(Exception):
+    """The log cannot be read right now (the file or the server); the message is safe to show."""
+
+
+def open_database(location: str, instance: str | None, progress: Callable[[], dict[str, int]]) -> Database:
+    """A postgresql:// URL is a shared PostgreSQL database; anything else is the path of an SQLite file."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from pglogstore import PostgresDatabase  # the driver loads only for those who use it
+
+        return PostgresDatabase(location, instance, progress)
+    return SqliteDatabase(location)
+
+
 class LogStore:
     """
     The request log as the addon sees it: writes that only enqueue, for the event loop,
     and blocking reads, for a worker thread.
+
+    `location` is an SQLite file's path or a PostgreSQL URL; `instance` names the
+    proxy process in every row it writes (INSTANCE_NAME); `progress` gives the bytes
+    answered so far per request in flight, which a shared database shows the other
+    replicas (it is called on the writer thread).
     """
 
     def __init__(
         self,
-        path: str,
+        location: str,
         max_body_bytes: int = 262144,
         max_age_days: float = 7.0,
         queue_size: int = 10000,
+        instance: str | None = None,
+        progress: Callable[[], dict[str, int]] = dict,
     ) -> None:
         if max_age_days <= 0:
             raise ValueError(f"max_age_days must be positive, got {max_age_days}")
@@ -546,10 +720,14 @@ class LogStore:
             raise ValueError(f"max_body_bytes must not be negative, got {max_body_bytes}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-        self.path = str(Path(path).absolute())
+        self.instance = instance
+        self.database = open_database(location, instance, progress)
         self.max_age_seconds = max_age_days * SECONDS_PER_DAY
-        self._writer = Writer(self.path, max_body_bytes, self.max_age_seconds, queue_size)
-        self._read_uri = Path(self.path).as_uri() + "?mode=ro"
+        self._writer = Writer(self.database, max_body_bytes, self.max_age_seconds, queue_size)
+
+    @property
+    def path(self) -> str:
+        return self.database.where
 
     @property
     def failures(self) -> int:
@@ -563,20 +741,16 @@ class LogStore:
 
     def open(self) -> None:
         """Blocking; entries queued before it are written once the writer runs."""
-        conn = open_for_writing(self.path)
-        try:
-            conn.execute("UPDATE requests SET state = 'aborted', error = ? WHERE state = 'inflight'", (ABORTED_ERROR,))
-            delete_older_than(conn, time.time() - self.max_age_seconds)
-        finally:
-            conn.close()
+        self.database.prepare(time.time() - self.max_age_seconds)
         self._writer.start()
 
     def close(self, timeout: float = 5.0) -> None:
         self._writer.stop(timeout)
+        self.database.close()
 
     def begin(self, row: dict) -> None:
         # A copy, because the writer reads the row later on its own thread.
-        self._writer.put((_BEGIN, dict(row)))
+        self._writer.put((_BEGIN, {**row, "instance": self.instance}))
 
     def finish(self, id: str, **fields: Any) -> None:
         self._writer.put((_FINISH, id, fields))
@@ -617,23 +791,25 @@ class LogStore:
         *fields, headers, request_body, response_body = values
         row = _row(fields)
         row["request_headers"] = json.loads(headers)
-        row["request_body"] = (request_body or b"").decode("utf-8", "replace")
-        row["response_body"] = (response_body or b"").decode("utf-8", "replace")
+        row["request_body"] = _body_text(request_body)
+        row["response_body"] = _body_text(response_body)
         return row
 
     def stats(self, now: float | None = None) -> dict:
+        """The figures of /api/stats; `inflight` counts other replicas' requests only, the caller knows its own."""
         if now is None:
             now = time.time()
         with self._reading() as conn:
-            total, errors, last_hour, last_24h = conn.execute(
+            total, errors, last_hour, last_24h, inflight_elsewhere = conn.execute(
                 """
                 SELECT count(*),
-                       coalesce(sum(state = 'error' OR status >= 400), 0),
-                       coalesce(sum(started_at >= ?), 0),
-                       coalesce(sum(started_at >= ?), 0)
+                       count(*) FILTER (WHERE state = 'error' OR status >= 400),
+                       count(*) FILTER (WHERE started_at >= ?),
+                       count(*) FILTER (WHERE started_at >= ?),
+                       count(*) FILTER (WHERE state = 'inflight' AND instance <> ?)
                 FROM requests
                 """,
-                (now - 3600, now - SECONDS_PER_DAY),
+                (now - 3600, now - SECONDS_PER_DAY, self.instance or ""),
             ).fetchone()
             finished_rows = "FROM requests WHERE state != 'inflight' AND duration_ms IS NOT NULL"
             timed, avg_duration = conn.execute(f"SELECT count(*), avg(duration_ms) {finished_rows}").fetchone()
@@ -668,6 +844,7 @@ class LogStore:
             "by_model": by_model,
             "by_status": by_status,
             "errors": errors,
+            "inflight": inflight_elsewhere,
             "last_hour": last_hour,
             "last_24h": last_24h,
             "avg_duration_ms": avg_duration,
@@ -677,20 +854,41 @@ class LogStore:
             "log_queue": self._writer.queue.qsize(),
         }
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection of the call's own, in one transaction so that counts and rows agree."""
-        conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
-        try:
-            conn.create_function("contains_folded", 2, _contains_folded, deterministic=True)
-            conn.execute("BEGIN")
-            yield conn
-        finally:
-            conn.close()
+    def inflight_elsewhere(self, now: float | None = None) -> list[dict]:
+        """Requests that other replicas sharing the database are serving now, as /api/inflight lists them."""
+        if now is None:
+            now = time.time()
+        with self._translated_errors():
+            rows = self.database.inflight_elsewhere(self.instance, MAX_INFLIGHT_ELSEWHERE)
+        return [
+            {
+                "id": id,
+                "method": method,
+                "path": path,
+                "requested_model": requested_model,
+                "routed_model": routed_model,
+                "started_at": iso_utc(started_at),
+                "elapsed_ms": round(max(0.0, now - started_at) * 1000, 1),
+                "response_bytes": response_bytes or 0,
+                "instance": instance,
+            }
+            for id, method, path, requested_model, routed_model, started_at, instance, response_bytes in rows
+        ]
 
-    @staticmethod
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self.database.errors as e:
+            raise LogUnavailable(self.database.describe(e)) from e
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Reader]:
+        with self._translated_errors(), self.database.reading() as conn:
+            yield conn
+
     def _filters(
-        model: str | None, service: str | None, status: int | None, state: str | None, q: str | None
+        self, model: str | None, service: str | None, status: int | None, state: str | None, q: str | None
     ) -> tuple[str, list[Any]]:
         clauses: list[str] = []
         params: list[Any] = []
@@ -702,13 +900,7 @@ class LogStore:
                 clauses.append(f"{column} = ?")
                 params.append(value)
         if q:
-            # LIKE ignores case for ASCII only, but runs in C without a call into Python per row.
-            if q.isascii():
-                searched = ("path", "CAST(request_body AS TEXT)", "CAST(response_body AS TEXT)")
-                clauses.append("(" + " OR ".join(f"{column} LIKE ? ESCAPE '\\'" for column in searched) + ")")
-                params += [f"%{_escape_like(q)}%"] * 3
-            else:
-                searched = ("path", "request_body", "response_body")
-                clauses.append("(" + " OR ".join(f"contains_folded({column}, ?)" for column in searched) + ")")
-                params += [q.casefold()] * 3
+            clause, searched = self.database.search(q)
+            clauses.append(clause)
+            params += searched
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params

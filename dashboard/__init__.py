@@ -3,7 +3,7 @@ The dashboard (`GET /`) and its JSON API, answered by the proxy itself and never
 
 A request is local only when its path (before `?`) is exactly one of the
 local paths, compared byte for byte with no normalisation, so `/v1/../api/logs`,
-`//api/logs` or `/api%2Flogs` go upstream like any other path. SQLite reads run
+`//api/logs` or `/api%2Flogs` go upstream like any other path. Database reads run
 in a worker thread so a slow query never holds up the proxy's event loop.
 """
 
@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import re
-import sqlite3
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -20,6 +19,7 @@ from urllib.parse import parse_qs
 from mitmproxy import ctx
 from mitmproxy import http
 
+from logstore import LogUnavailable
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
@@ -127,7 +127,7 @@ class Dashboard:
         else:
             try:
                 response = await self._answer(path, query)
-            except sqlite3.Error as e:
+            except LogUnavailable as e:
                 logger.warning(f"request log unreadable: {e}")
                 response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
         flow_state(flow).local = True
@@ -147,9 +147,10 @@ class Dashboard:
             return json_answer({"logs": rows, "total": total})
         if path == "/api/stats":
             stats = await asyncio.to_thread(store.stats)
-            return json_answer({**stats, "inflight": len(self.log.inflight)})
+            return json_answer({**stats, "inflight": stats["inflight"] + len(self.log.inflight)})
         if path == "/api/inflight":
-            return json_answer({"inflight": self.log.inflight_rows()})
+            elsewhere = await asyncio.to_thread(store.inflight_elsewhere)
+            return json_answer({"inflight": self.log.inflight_rows() + elsewhere})
         row = await asyncio.to_thread(store.get, LOG_DETAIL.fullmatch(path).group(1))
         return json_answer(row) if row else json_answer({"error": "no such request"}, 404)
 

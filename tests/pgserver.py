@@ -75,7 +75,7 @@ class PgServer:
             f"--username={SUPERUSER}",
             f"--pwfile={pwfile}",
             "--encoding=UTF8",
-            "--locale=C",
+            "--locale=C.UTF-8",
             str(self.datadir),
         )
         pwfile.unlink()

@@ -14,6 +14,7 @@ from logstore import MIGRATIONS
 from logstore import ROW_FIELDS
 from logstore import TRUNCATED
 from logstore import LogStore
+from logstore import LogUnavailable
 
 SECRET = "sk-live-S3CR3T-do-not-log"
 NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
@@ -107,7 +108,7 @@ class TestSchema:
         store = LogStore(str(path))
         store.open()
         store.close()
-        assert pragma(path, "user_version") == len(MIGRATIONS) == 1
+        assert pragma(path, "user_version") == len(MIGRATIONS) == 2
         assert pragma(path, "journal_mode") == "wal"
         assert pragma(path, "auto_vacuum") == 2
         indexed = {row[0] for row in raw(store, "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
@@ -137,7 +138,7 @@ class TestSchema:
         store = LogStore(str(path))
         store.open()
         store.close()
-        assert pragma(path, "user_version") == 2
+        assert pragma(path, "user_version") == 3
         assert raw(store, "SELECT id, note FROM requests") == [("a", "v2")]
 
     def test_newer_schema_is_refused(self, path):
@@ -214,6 +215,7 @@ class TestWriting:
             "request_bytes": 19,
             "response_bytes": 11,
             "error": "upstream failed",
+            "instance": None,
             "request_headers": [["Content-Type", "application/json"]],
             "request_body": '{"model": "gpt-4o"}',
             "response_body": "bad gateway",
@@ -431,6 +433,7 @@ class TestStats:
             "by_model": {},
             "by_status": {},
             "errors": 0,
+            "inflight": 0,
             "last_hour": 0,
             "last_24h": 0,
             "avg_duration_ms": None,
@@ -608,7 +611,7 @@ class TestFaults:
         def written() -> bool:
             try:
                 return store.get("after") is not None
-            except sqlite3.OperationalError:
+            except LogUnavailable:
                 return False
 
         store.begin(request("after"))

@@ -74,8 +74,10 @@ class TestRows:
         row = logs[0]
         assert set(row) == {
             "id", "started_at", "method", "path", "service", "upstream", "stream", "requested_model",
-            "routed_model", "status", "state", "duration_ms", "request_bytes", "response_bytes", "error",
+            "routed_model", "status", "state", "duration_ms", "request_bytes", "response_bytes", "error", "instance",
         }
+        # INSTANCE_NAME unset and the port chosen at random: the host name and the process id
+        assert row["instance"] == f"{socket.gethostname()}:pid{proxy.process.pid}"
         assert row["started_at"].endswith(("Z", "+00:00"))
         assert (row["method"], row["path"], row["service"]) == ("POST", "/v1/chat/completions", "openai")
         assert row["upstream"] == openai_upstream.url
