@@ -581,8 +581,9 @@ class Writer:
         Blocks for one item (until the next tick at most), then takes what else is
         queued already, to write it all in one transaction.
         """
+        timeout = None if self.database.tick_seconds is None else max(0.0, self._next_tick - time.monotonic())
         try:
-            items = [self.queue.get(timeout=self.database.tick_seconds)]
+            items = [self.queue.get(timeout=timeout)]
         except queue.Empty:
             return []
         while len(items) < BATCH_SIZE:

@@ -175,6 +175,7 @@ class PostgresDatabase:
         self._conninfo = {**CONNECTION_DEFAULTS, **conninfo_to_dict(url)}
         self._conn: psycopg.Connection | None = None
         self._restarted = False
+        self._migrated = False
         self._retention_cutoff: float | None = None
         self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue(IDLE_READERS)
 
@@ -212,6 +213,7 @@ class PostgresDatabase:
     def _start(self, conn: psycopg.Connection) -> None:
         """Every connection: the current schema and a heartbeat; the first: this replica's earlier rows in flight."""
         migrate(conn)
+        self._migrated = True
         self._heartbeat(conn)
         if not self._restarted:
             aborted = conn.execute(
@@ -293,6 +295,9 @@ class PostgresDatabase:
         """A connection kept from an earlier read when there is one, in a read-only snapshot."""
         conn = self._idle_connection() or self._connect(READ_TIMEOUT_MS)
         try:
+            if not self._migrated:  # a dashboard opened before the writer reached the server
+                migrate(conn)
+                self._migrated = True
             with conn.transaction():
                 conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 yield Reader(conn)
