@@ -32,8 +32,11 @@ logger = logging.getLogger(__name__)
 PAGES = Path(__file__).resolve().parent
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
-    "/dashboard/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/dashboard/style.css": ("style.css", "text/css; charset=utf-8"),
+    **{
+        f"/dashboard/{name}": (name, "text/javascript; charset=utf-8")
+        for name in ("app.js", "api.js", "chart.js", "detail.js", "format.js", "rules.js", "table.js")
+    },
 }
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -131,6 +134,7 @@ class Dashboard:
                 logger.warning(f"request log unreadable: {e}")
                 response = json_answer({"error": f"the request log cannot be read: {e}"}, 503)
         flow_state(flow).local = True
+        show_as_local(flow)
         flow.response = response
 
     async def _answer(self, path: str, query: str) -> http.Response:
@@ -165,6 +169,15 @@ class Dashboard:
         view = ctx.master.addons.get("view")
         if view is not None and flow_state(flow).local:
             asyncio.get_running_loop().call_soon(forget, view, flow)
+
+
+def show_as_local(flow: http.HTTPFlow) -> None:
+    """
+    Point the flow's URL at the proxy itself: in reverse mode it names the upstream, and mitmdump's
+    flow lines would make the dashboard's own polling read as requests to the upstream.
+    """
+    host, port = flow.client_conn.sockname[:2]
+    flow.request.scheme, flow.request.host, flow.request.port = "http", host, port
 
 
 def forget(view, flow: http.HTTPFlow) -> None:

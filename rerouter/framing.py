@@ -339,3 +339,18 @@ class NDJSONStream(EventStream):
 
     def _terminator(self, last: bytes) -> bytes:
         return b"" if last.endswith(b"\n") else b"\n"
+
+
+_DONE_EVENT = re.compile(rb"(?:^|\n)data: ?\[DONE\]$")
+_DONE_LINE = re.compile(rb'"done"\s*:\s*true')
+LAST_EVENT_WINDOW = 4096
+"""How much of a stream's end `ends_with_last_event` needs: Ollama's last line carries its statistics."""
+
+
+def ends_with_last_event(tail: bytes) -> bool:
+    """
+    Whether a stream's delivered bytes end with its last event: SSE's `data: [DONE]`, or the
+    NDJSON line with `"done": true`. Text inside events is JSON-escaped, so it cannot fake either.
+    """
+    end = tail.rstrip()
+    return _DONE_EVENT.search(end) is not None or _DONE_LINE.search(end.rpartition(b"\n")[2]) is not None

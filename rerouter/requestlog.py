@@ -21,6 +21,8 @@ from logstore import LogStore
 from logstore import iso_utc
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
+from rerouter.framing import LAST_EVENT_WINDOW
+from rerouter.framing import ends_with_last_event
 from rerouter.routing import is_ollama_path
 from rerouter.routing import listen_port
 from rerouter.settings import Settings
@@ -45,6 +47,7 @@ class Inflight:
     started: float  # time.monotonic(), for durations
     response_bytes: int = 0
     delivered: bytearray = field(default_factory=bytearray)  # the streamed body, up to the log's cap
+    tail: bytes = b""  # the streamed body's last bytes: did the client get the last event?
 
     def as_dict(self, now: float) -> dict:
         return {
@@ -62,7 +65,8 @@ class Inflight:
 class DeliveredStream:
     """
     Wraps a response's stream to see what the client really gets: counted as it
-    passes, and kept up to the log's cap, so the log holds the stream as delivered.
+    passes, and kept up to the log's cap, so the log holds the stream as delivered;
+    its end is kept too, to tell a client that left after the last event.
     """
 
     def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, record: Inflight, cap: int) -> None:
@@ -82,6 +86,7 @@ class DeliveredStream:
             room = self.cap - len(record.delivered)
             if room > 0:
                 record.delivered += chunk[:room]
+            record.tail = (record.tail + chunk[-LAST_EVENT_WINDOW:])[-LAST_EVENT_WINDOW:]
         return chunks
 
 
@@ -198,9 +203,14 @@ class RequestLog:
         if shared.timed_out:
             message = f"no response headers within {self.settings.request_timeout:g} s"
         status = flow.response.status_code if flow.response else shared.answered_status
+        if message == CLIENT_GONE and ends_with_last_event(record.tail):
+            # the client read the last event and hung up before the upstream ended its body
+            state, message = "completed", None
+        else:
+            state = "aborted" if message == CLIENT_GONE else "error"
         self.store.finish(
             record.id,
-            state="aborted" if message == CLIENT_GONE else "error",
+            state=state,
             status=status,
             duration_ms=self._duration(record),
             stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,

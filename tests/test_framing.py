@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from rerouter.framing import EventStream
 from rerouter.framing import LineFramer
 from rerouter.framing import SSEFramer
+from rerouter.framing import ends_with_last_event
 from rerouter.framing import supports_encoding
 from tests.conftest import chat_chunk
 from rerouter.thinking import KEEP
@@ -419,3 +420,21 @@ class TestFuzzFindings:
         assert out == [b'{"model":"m","response":"a\\u2028b\\u2029c\\u0085d","done":true}\n']
         assert json.loads(out[0])["response"] == "a\u2028b\u2029c\x85d"
         assert len(out[0].decode().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "tail, last",
+    [
+        (b'data: {"choices":[]}\n\ndata: [DONE]\n\n', True),
+        (b"data: [DONE]\r\n\r\n", True),
+        (b"data:[DONE]", True),
+        (b'{"message":{"content":""},"done":true,"eval_count":3}\n', True),
+        (b'{"message":{"content":"x"},"done": true}', True),
+        (b'data: {"choices":[{"delta":{"content":"data: [DONE]"}}]}\n\n', False),
+        (b'{"message":{"content":"\\"done\\":true"},"done":false}\n', False),
+        (b'{"done":true}\n{"message":{"content":"more"},"done":false}\n', False),
+        (b"", False),
+    ],
+)
+def test_ends_with_last_event(tail, last):
+    assert ends_with_last_event(tail) is last

@@ -99,6 +99,7 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "content_length": _flag,
     "garbage": _flag,
     "reset": int,
+    "linger": float,
 }
 _ENCODERS: dict[str, Callable[[Any], str]] = {"text": json.dumps, "tokens": _encode_tokens}
 
@@ -119,7 +120,8 @@ class MockOptions:
     crlf / keepalive: SSE framed with CRLF / `: keep-alive` comments between events.
     status: answer this HTTP status with an error body.  garbage: 200 with a non-JSON body.
     hang: seconds before the response headers.  hang_after / reset: stall / RST the connection
-        after that many body events.  gate: hold the stream after its first content event until
+        after that many body events.  linger: seconds between the last event and the body's end,
+        as llama.cpp ends its chunked body a moment after `data: [DONE]`.  gate: hold the stream after its first content event until
         released.  gzip: gzip the body, sync-flushed per event.  content_length: frame a stream
         with Content-Length instead of chunked.
     A non-stream reply counts as one body event for hang_after, reset and gate.
@@ -141,6 +143,7 @@ class MockOptions:
     content_length: bool = False
     garbage: bool = False
     reset: int | None = None
+    linger: float = 0.0
 
     def __post_init__(self) -> None:
         if self.reasoning not in ("tags", "field"):
@@ -862,6 +865,8 @@ class ReplySender:
                 await self._write(segments[sent], options)
         if paced and options.gate:
             self._gates.finish(options.gate)  # before the tail: a client that saw the end sees this
+        if paced and options.linger:
+            await asyncio.sleep(options.linger)
         await self._write(tail, options)
         return not close
 
