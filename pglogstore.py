@@ -32,10 +32,10 @@ from psycopg.conninfo import conninfo_to_dict
 
 from logstore import ABORTED_ERROR
 from logstore import INSERT
+from logstore import INSERT_BODIES
 from logstore import RETENTION_BATCH
 from logstore import UPDATE
 from logstore import Batch
-from logstore import escape_like
 from logstore import iso_utc
 from rerouter.dburl import mask_in
 from rerouter.dburl import masked
@@ -68,7 +68,8 @@ READ_TIMEOUT_MS = 10000
 WRITE_TIMEOUT_MS = 60000
 
 MIGRATIONS: list[tuple[str, ...]] = [
-    # 1: the request log as in SQLite (version 2 there), plus what replicas share
+    # 1: the request log as SQLite's schema version 2 has it, plus what the replicas share.
+    # Integers that are summed are `integer` (their sum is a bigint, not a numeric).
     (
         """
         CREATE TABLE requests (
@@ -82,15 +83,23 @@ MIGRATIONS: list[tuple[str, ...]] = [
             stream integer NOT NULL DEFAULT 0,
             requested_model text,
             routed_model text,
-            status integer,
+            status bigint,
             state text NOT NULL DEFAULT 'inflight',
             duration_ms double precision,
             request_bytes bigint,
             response_bytes bigint,
             error text,
-            request_headers text NOT NULL DEFAULT '[]',
-            request_body text,
-            response_body text,
+            reasoning_chars bigint NOT NULL DEFAULT 0,
+            lone_think_close integer NOT NULL DEFAULT 0,
+            response_model text,
+            reasoned_anyway integer NOT NULL DEFAULT 0,
+            note text,
+            upstream_ms double precision,
+            upstream_first_token_ms double precision,
+            first_token_ms double precision,
+            prompt_tokens integer,
+            completion_tokens integer,
+            tokens_per_s double precision,
             instance text
         )
         """,
@@ -101,6 +110,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX requests_requested_model ON requests (requested_model)",
         "CREATE INDEX requests_routed_model ON requests (routed_model)",
         "CREATE INDEX requests_inflight ON requests (instance) WHERE state = 'inflight'",
+        # text, not SQLite's zlib: PostgreSQL compresses big values itself, and the search reads them
+        """
+        CREATE TABLE bodies (
+            seq bigint PRIMARY KEY,
+            request_headers text NOT NULL DEFAULT '[]',
+            request_body text,
+            response_body text,
+            request_zlib integer NOT NULL DEFAULT 0,
+            response_zlib integer NOT NULL DEFAULT 0
+        )
+        """,
         """
         CREATE TABLE replicas (
             name text PRIMARY KEY,
@@ -121,6 +141,14 @@ ABORT_OF_THE_DEAD = """
     WHERE state = 'inflight'
       AND instance IN (SELECT name FROM replicas WHERE heartbeat_at < now() - make_interval(secs => %s))
 """
+DELETE_EXPIRED = """
+    WITH expired AS (
+        DELETE FROM requests WHERE seq IN (SELECT seq FROM requests WHERE started_at < %s LIMIT %s) RETURNING seq
+    ), bodies_gone AS (
+        DELETE FROM bodies WHERE seq IN (SELECT seq FROM expired)
+    )
+    SELECT count(*) FROM expired
+"""
 INFLIGHT_ELSEWHERE = """
     SELECT r.id, r.method, r.path, r.requested_model, r.routed_model, r.started_at, r.instance,
            (p.progress ->> r.id)::bigint
@@ -138,12 +166,21 @@ def placeholders(sql: str) -> str:
 
 
 def storable(value: Any) -> Any:
-    """A value as PostgreSQL takes it: bodies decoded like SQLite's reads decode them, no NUL in text."""
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
+    """
+    A value as PostgreSQL takes it: bodies decoded as the reads decode them, no NUL in
+    text, flags as the integers SQLite makes of them.
+    """
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        value = bytes(value).decode("utf-8", "replace")
     if isinstance(value, str) and "\x00" in value:
         return value.replace("\x00", "\ufffd")
+    if isinstance(value, bool):
+        return int(value)
     return value
+
+
+def escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def storable_rows(rows: Iterable[tuple]) -> list[tuple]:
@@ -217,7 +254,7 @@ class PostgresDatabase:
         self._heartbeat(conn)
         if not self._restarted:
             aborted = conn.execute(
-                "UPDATE requests SET state = 'aborted', error = %s WHERE state = 'inflight' AND instance = %s",
+                "UPDATE requests SET state = 'aborted', error = %s WHERE state = 'inflight' AND coalesce(instance, '') = %s",
                 (ABORTED_ERROR, self.instance),
             ).rowcount
             if aborted:
@@ -238,6 +275,8 @@ class PostgresDatabase:
                 cursor.executemany(placeholders(INSERT), storable_rows(batch.inserts))
             if batch.updates:
                 cursor.executemany(placeholders(UPDATE), storable_rows(batch.updates))
+            if batch.bodies:
+                cursor.executemany(placeholders(INSERT_BODIES), storable_rows(batch.bodies))
 
     def tick(self) -> None:
         conn = self._connection()
@@ -266,10 +305,7 @@ class PostgresDatabase:
                 return
             deleted = 0
             while True:
-                count = conn.execute(
-                    "DELETE FROM requests WHERE seq IN (SELECT seq FROM requests WHERE started_at < %s LIMIT %s)",
-                    (cutoff, RETENTION_BATCH),
-                ).rowcount
+                (count,) = conn.execute(DELETE_EXPIRED, (cutoff, RETENTION_BATCH)).fetchone()
                 deleted += count
                 if count < RETENTION_BATCH:
                     break
@@ -278,7 +314,7 @@ class PostgresDatabase:
                 (max(DEAD_AFTER, time.time() - cutoff),),
             )
             if deleted:
-                conn.execute("VACUUM (ANALYZE) requests")
+                conn.execute("VACUUM (ANALYZE) requests, bodies")
             conn.execute(
                 "INSERT INTO maintenance (task, ran_at) VALUES ('retention', now())"
                 " ON CONFLICT (task) DO UPDATE SET ran_at = excluded.ran_at"
@@ -324,11 +360,16 @@ class PostgresDatabase:
 
     @staticmethod
     def search(q: str) -> tuple[str, list[Any]]:
-        # ILIKE ignores case beyond ASCII too, as far as the database's collation knows letters
-        searched = ("path", "request_body", "response_body")
-        return "(" + " OR ".join(f"{column} ILIKE ? ESCAPE '\\'" for column in searched) + ")", [
-            f"%{escape_like(q)}%"
-        ] * 3
+        """ILIKE: case is ignored beyond ASCII as far as the database's collation knows its letters."""
+        clause = (
+            "(path ILIKE ? ESCAPE '\\' OR seq IN (SELECT seq FROM bodies"
+            " WHERE request_body ILIKE ? ESCAPE '\\' OR response_body ILIKE ? ESCAPE '\\'))"
+        )
+        return clause, [f"%{escape_like(q)}%"] * 3
+
+    @staticmethod
+    def store_body(body: bytes | None) -> tuple[str | None, bool]:
+        return storable(body), False
 
     def inflight_elsewhere(self, instance: str | None, limit: int) -> list[tuple]:
         with self.reading() as reader:

@@ -1,20 +1,27 @@
 """
 What the request log costs per request: time spent on the proxy's event loop in the log's
-hooks, and how many rows per second the writer thread makes durable.
+hooks, how many rows per second the writer thread makes durable, and the CPU of all threads
+per streamed request with answers of 2 KB and 35 KB (a 200-token stream), split into the
+hooks (on the event loop) and the rest (the writer thread).
 
-    python -m bench.log_write [--requests 20000]
+    python -m bench.log_write [--requests 20000] [--streams 2000]
 
 The hooks run on mitmproxy's test flows through the real RequestLog addon and a real
-SQLite file in a temporary directory; nothing here is a test, it only reports.
+SQLite file in a temporary directory; nothing here is a test, it only reports. Prompts and
+answers are English prose (standard library docstrings), which compresses like real text.
 """
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path
 
 from mitmproxy import http
@@ -26,9 +33,32 @@ from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
 from rerouter.settings import Settings
 
-BODY = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": "x" * 2000}]}).encode()
+PROSE = " ".join(module.__doc__ for module in (argparse, statistics, json, tempfile, contextlib))
+BODY = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": PROSE[:2000]}]}).encode()
 BURST = 2000  # requests between waits for the writer: its queue holds 10000 items, two per request
-ANSWER = json.dumps({"choices": [{"message": {"role": "assistant", "content": "y" * 1000}}]}).encode()
+ANSWER = json.dumps({"choices": [{"message": {"role": "assistant", "content": PROSE[-1000:]}}]}).encode()
+CLIENTS = 16
+"""Streamed requests per burst, as from the 16 clients of bench/run.py's stream workloads."""
+STREAM_SIZES_KB = (2, 35)
+
+
+def sse_answer(size_kb: int) -> list[bytes]:
+    """An OpenAI chat stream of about `size_kb` KB, one event per word, as the mock upstream sends it."""
+    words = itertools.cycle(PROSE.split())
+    events: list[bytes] = []
+    size = 0
+    while size < size_kb * 1024:
+        chunk = {
+            "id": "chatcmpl-8f2c4e1d9a7b",
+            "object": "chat.completion.chunk",
+            "created": 1764000000,
+            "model": "llama3-70b",
+            "system_fingerprint": "fp_mock",
+            "choices": [{"index": 0, "delta": {"content": f" {next(words)}"}, "logprobs": None, "finish_reason": None}],
+        }
+        events.append(f"data: {json.dumps(chunk)}\n\n".encode())
+        size += len(events[-1])
+    return events + [b"data: [DONE]\n\n"]
 
 
 def flows(count: int) -> list[http.HTTPFlow]:
@@ -44,8 +74,9 @@ def flows(count: int) -> list[http.HTTPFlow]:
     return made
 
 
-def run(count: int, logging_on: bool) -> tuple[float, float]:
-    """Seconds in the hooks for `count` requests, and seconds until the writer had them all."""
+@contextlib.contextmanager
+def request_log(logging_on: bool) -> Iterator[RequestLog]:
+    """The real addon, configured as the proxy configures it, on a database in a temporary directory."""
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["DB_PATH"] = str(Path(tmp) / "bench.db")
         os.environ["ENABLE_LOGGING"] = "true" if logging_on else "false"
@@ -54,41 +85,88 @@ def run(count: int, logging_on: bool) -> tuple[float, float]:
         with taddons.context(settings, log) as tctx:
             for addon in (settings, log):
                 addon.configure(set(tctx.options.keys()))
-            batch = flows(count)
-            response = http.Response.make(200, ANSWER, {"content-type": "application/json"})
-            hooks = 0.0
-            started = time.perf_counter()
-            for first in range(0, count, BURST):
-                burst_started = time.perf_counter()
-                for flow in batch[first : first + BURST]:
-                    log.request(flow)
-                    flow.response = response
-                    log.responseheaders(flow)
-                    log.response(flow)
-                hooks += time.perf_counter() - burst_started
-                while log.store is not None and log.store.stats()["total"] < min(first + BURST, count):
-                    time.sleep(0.002)
-            written = time.perf_counter() - started
-            log.done()
+            yield log
+
+
+def one_request(log: RequestLog, flow: http.HTTPFlow, response: http.Response, events: Sequence[bytes] = ()) -> None:
+    """One request through the log's hooks; its answer streamed as `events` when there are any."""
+    log.request(flow)
+    flow.response = response
+    response.stream = bool(events)
+    log.responseheaders(flow)
+    for event in events:
+        flow.response.stream(event)
+    if events:
+        flow.response.stream(b"")
+    log.response(flow)
+
+
+def run(count: int, logging_on: bool) -> tuple[float, float]:
+    """Seconds in the hooks for `count` requests, and seconds until the writer had them all."""
+    with request_log(logging_on) as log:
+        batch = flows(count)
+        response = http.Response.make(200, ANSWER, {"content-type": "application/json"})
+        hooks = 0.0
+        started = time.perf_counter()
+        for first in range(0, count, BURST):
+            burst_started = time.perf_counter()
+            for flow in batch[first : first + BURST]:
+                one_request(log, flow, response)
+            hooks += time.perf_counter() - burst_started
+            while log.store is not None and log.store.stats()["total"] < min(first + BURST, count):
+                time.sleep(0.002)
+        written = time.perf_counter() - started
+        log.done()
     return hooks, written
+
+
+def streamed_cpu(count: int, events: list[bytes]) -> tuple[float, float]:
+    """
+    CPU seconds per streamed request in the hooks, and in the rest of the process (the writer
+    thread), in bursts of CLIENTS requests, each burst once the writer has taken the previous one.
+    """
+    with request_log(True) as log:
+        batch = flows(count)
+        hooks = 0.0
+        started = time.process_time()
+        for first in range(0, count, CLIENTS):
+            burst_started = time.thread_time()
+            for flow in batch[first : first + CLIENTS]:
+                one_request(log, flow, http.Response.make(200, b"", {"content-type": "text/event-stream"}), events)
+            hooks += time.thread_time() - burst_started
+            while log.store.queued:
+                time.sleep(0.001)
+        log.done()  # waits for the writer to write what is queued
+        return hooks / count, (time.process_time() - started - hooks) / count
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--streams", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
-    count = parser.parse_args().requests
-    rounds = parser.parse_args().rounds
+    args = parser.parse_args()
+    count, rounds = args.requests, args.rounds
+    answers = {size: sse_answer(size) for size in STREAM_SIZES_KB}
     on, off, durable = [], [], []
+    streamed: dict[int, list[tuple[float, float]]] = {size: [] for size in STREAM_SIZES_KB}
     for _ in range(rounds):  # interleaved, median of rounds
         hooks, written = run(count, True)
         on.append(hooks / count * 1e6)
         durable.append(count / written)
         off.append(run(count, False)[0] / count * 1e6)
+        for size, events in answers.items():
+            streamed[size].append(streamed_cpu(args.streams, events))
     print(f"requests per round: {count}, rounds: {rounds}, python {sys.version.split()[0]}")
     print(f"event-loop time in the log's hooks, logging on : {statistics.median(on):7.1f} µs per request")
     print(f"event-loop time in the log's hooks, logging off: {statistics.median(off):7.1f} µs per request")
     print(f"rows written by the writer thread, in bursts of {BURST}: {statistics.median(durable):7.0f} requests per second")
+    for size, figures in streamed.items():
+        hooks, writer = (statistics.median(column) * 1e6 for column in zip(*figures))
+        print(
+            f"CPU per streamed request, {size:2d} KB answer ({len(answers[size]):3d} events), {args.streams} in bursts "
+            f"of {CLIENTS}: {hooks:6.1f} µs in the hooks + {writer:6.1f} µs in the writer = {hooks + writer:6.1f} µs"
+        )
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
+from logstore import FLOW_FIELDS
+
 STATE_KEY = "rerouter"
 
 
@@ -32,8 +34,8 @@ class FlowState:
       (what the proxy could not do, e.g. a stream passed on unedited).
     - the stream's figures (`upstream_ms`, `upstream_first_token_ms`,
       `first_token_ms`, `prompt_tokens`, `completion_tokens`, `tokens_per_s`).
-    RequestLog reads them all to write the flow's row: the fields after `local`
-    and the model names are the row's fields of the same names.
+    RequestLog reads them all to write the flow's row: the model names and
+    logstore.FLOW_FIELDS (`row_fields()`) are the row's fields of the same names.
     """
 
     local: bool = False
@@ -53,6 +55,9 @@ class FlowState:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     tokens_per_s: float | None = None
+
+    def row_fields(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in FLOW_FIELDS}
 
 
 def flow_state(flow: http.HTTPFlow) -> FlowState:

@@ -19,6 +19,7 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
+from logstore import redact_path
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.framing import LAST_EVENT_WINDOW
@@ -144,7 +145,7 @@ class RequestLog:
         record = Inflight(
             id=flow.id,
             method=request.method,
-            path=request.path,
+            path=redact_path(request.path),
             requested_model=shared.requested_model,
             routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
@@ -162,8 +163,6 @@ class RequestLog:
                 "stream": False,
                 "requested_model": record.requested_model,
                 "routed_model": record.routed_model,
-                "request_headers": list(request.headers.items(multi=True)),
-                "request_body": request.get_content(strict=False) or b"",
                 "request_bytes": len(request.raw_content or b""),
             }
         )
@@ -192,6 +191,8 @@ class RequestLog:
             stream=streamed,
             response_bytes=size,
             response_body=body,
+            **self._sent(flow.request),
+            **flow_state(flow).row_fields(),
         )
 
     def error(self, flow: http.HTTPFlow) -> None:
@@ -217,11 +218,21 @@ class RequestLog:
             response_bytes=record.response_bytes,
             response_body=bytes(record.delivered),
             error=message,
+            **self._sent(flow.request),
+            **shared.row_fields(),
         )
 
     @staticmethod
     def _duration(record: Inflight) -> float:
         return round((time.monotonic() - record.started) * 1000, 1)
+
+    @staticmethod
+    def _sent(request: http.Request) -> dict:
+        """The request's headers and body for the row's bodies, which the store writes once, when the request ends."""
+        return {
+            "request_headers": list(request.headers.items(multi=True)),
+            "request_body": request.get_content(strict=False) or b"",
+        }
 
     def inflight_rows(self) -> list[dict]:
         """This replica's requests in flight; the store knows the other replicas'."""

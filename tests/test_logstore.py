@@ -1,23 +1,53 @@
+"""
+The request log's store. The tests on the `store` and `location` fixtures run against both
+databases, an SQLite file and a real PostgreSQL server (tests/pgserver.py), and expect the same
+answers from both; the rest are about what only SQLite has (the file, its pragmas, locks).
+"""
+
+import json
+import logging
 import os
 import shutil
 import sqlite3
+import stat
 import time
 from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import logstore
 from logstore import ABORTED_ERROR
+from logstore import COMPRESS_FROM
 from logstore import MIGRATIONS
 from logstore import ROW_FIELDS
 from logstore import TRUNCATED
 from logstore import LogStore
 from logstore import LogUnavailable
+from logstore import SqliteDatabase
+from logstore import redact_path
+from pglogstore import placeholders
 
 SECRET = "sk-live-S3CR3T-do-not-log"
 NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
+V1_DATABASE = Path(__file__).parent / "data" / "requests-v1.db"
+"""Written by the previous release's logstore.py (commit 4d93719): schema version 1, bodies in the rows."""
+ROUND_2 = {
+    "reasoning_chars": 120,
+    "lone_think_close": True,
+    "response_model": "llama3:70b-instruct",
+    "reasoned_anyway": True,
+    "note": "stream passed on unedited past 1 MiB",
+    "upstream_ms": 12.5,
+    "upstream_first_token_ms": 40.25,
+    "first_token_ms": 95.0,
+    "prompt_tokens": 17,
+    "completion_tokens": 230,
+    "tokens_per_s": 41.5,
+}
+"""The round-2 fields as finish() gets them from the FlowState, every one set."""
 
 
 def request(id: str, started_at: float = NOW, **fields) -> dict:
@@ -31,12 +61,15 @@ def request(id: str, started_at: float = NOW, **fields) -> dict:
         "stream": False,
         "requested_model": "gpt-4o",
         "routed_model": "qwen3:8b",
-        "request_headers": [("Content-Type", "application/json")],
-        "request_body": b'{"model": "gpt-4o"}',
         "request_bytes": 19,
     }
     row.update(fields)
     return row
+
+
+def sent(body: bytes = b'{"model": "gpt-4o"}', **fields) -> dict:
+    """What finish() gets about the request besides its own fields."""
+    return {"request_headers": [("Content-Type", "application/json")], "request_body": body, **fields}
 
 
 def wait_for(condition, timeout: float = 5.0) -> None:
@@ -51,11 +84,15 @@ def total(store: LogStore, **filters) -> int:
 
 
 def raw(store: LogStore, sql: str, params=()) -> list:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """A query straight to the store's database, past the store."""
+    if isinstance(store.database, SqliteDatabase):
+        conn = sqlite3.connect(store.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(store.database.url) as conn:
+        return [tuple(row) for row in conn.execute(placeholders(sql), params).fetchall()]
 
 
 def pragma(path: Path, name: str):
@@ -71,10 +108,28 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "requests.db"
 
 
-@pytest.fixture
-def store(path: Path):
-    store = LogStore(str(path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, path: Path) -> str:
+    """Where a store keeps its log: an SQLite file, or a fresh database on the tests' PostgreSQL server."""
+    return str(path) if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def opened(location: str, **options) -> LogStore:
+    store = LogStore(location, **options)
     store.open()
+    return store
+
+
+@pytest.fixture
+def store(location: str):
+    store = opened(location)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(path: Path):
+    store = opened(str(path))
     yield store
     store.close()
 
@@ -114,6 +169,11 @@ class TestSchema:
         indexed = {row[0] for row in raw(store, "SELECT sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
         for column in ("started_at", "state", "status", "service", "requested_model", "routed_model"):
             assert f"CREATE INDEX requests_{column} ON requests ({column})" in indexed
+        columns = {row[1] for row in raw(store, "PRAGMA table_info(requests)")}
+        assert columns == {"seq", *ROW_FIELDS}, "no bodies in the rows the list reads"
+        assert {row[1] for row in raw(store, "PRAGMA table_info(bodies)")} == {
+            "seq", "request_headers", "request_body", "request_zlib", "response_body", "response_zlib"
+        }
 
     def test_existing_file_opens_and_keeps_its_rows(self, path):
         first = LogStore(str(path))
@@ -133,13 +193,13 @@ class TestSchema:
         monkeypatch.setattr(
             logstore,
             "MIGRATIONS",
-            [*MIGRATIONS, ("ALTER TABLE requests ADD COLUMN note TEXT", "UPDATE requests SET note = 'v2'")],
+            [*MIGRATIONS, ("ALTER TABLE requests ADD COLUMN extra TEXT", "UPDATE requests SET extra = 'v3'")],
         )
         store = LogStore(str(path))
         store.open()
         store.close()
         assert pragma(path, "user_version") == 3
-        assert raw(store, "SELECT id, note FROM requests") == [("a", "v2")]
+        assert raw(store, "SELECT id, extra FROM requests") == [("a", "v3")]
 
     def test_newer_schema_is_refused(self, path):
         conn = sqlite3.connect(path)
@@ -176,15 +236,78 @@ class TestSchema:
         store.close()
 
 
+class TestUpgradeFromVersion1:
+    """A database the previous release wrote (tests/data/requests-v1.db) opens, upgraded in place."""
+
+    SECRETS = (b"v1-query-secret", b"v1-goog-header-secret")
+
+    @pytest.fixture
+    def upgraded(self, path):
+        shutil.copyfile(V1_DATABASE, path)
+        assert pragma(path, "user_version") == 1
+        contents = path.read_bytes()
+        assert all(secret in contents for secret in self.SECRETS), "the old release stored them"
+        store = LogStore(str(path), max_age_days=36500)
+        store.open()
+        yield store
+        store.close()
+
+    def test_rows_are_kept_and_listed(self, upgraded, path):
+        assert pragma(path, "user_version") == len(MIGRATIONS)
+        rows, count = upgraded.logs()
+        assert count == 4
+        assert [(row["id"], row["state"], row["status"]) for row in rows] == [
+            ("v1-inflight", "aborted", None),
+            ("v1-error", "error", 502),
+            ("v1-ollama", "completed", 200),
+            ("v1-stream", "completed", 200),
+        ]
+        streamed = rows[-1]
+        assert streamed["started_at"] == "2025-11-21T04:40:00.000Z"
+        assert (streamed["requested_model"], streamed["routed_model"], streamed["stream"]) == ("gpt-4", "llama3-70b", True)
+        assert (streamed["duration_ms"], streamed["request_bytes"]) == (812.5, 88)
+
+    def test_new_fields_are_empty(self, upgraded):
+        for row in upgraded.logs()[0]:
+            assert {name: row[name] for name in ROUND_2} == {
+                **dict.fromkeys(ROUND_2), "reasoning_chars": 0, "lone_think_close": False, "reasoned_anyway": False
+            }
+            assert row["instance"] is None
+
+    def test_bodies_are_kept(self, upgraded):
+        streamed = upgraded.get("v1-stream")
+        assert json.loads(streamed["request_body"])["messages"] == [{"role": "user", "content": "Hi"}]
+        assert streamed["response_body"].endswith("data: [DONE]\n\n")
+        assert streamed["response_text"] == "Hello from version one."
+        assert upgraded.get("v1-ollama")["response_text"] == "Hello from Ollama."
+        assert [row["id"] for row in upgraded.logs(q="VERSION")[0]] == ["v1-stream"]
+
+    def test_secrets_the_old_release_kept_are_masked_and_gone_from_the_file(self, upgraded, path):
+        assert upgraded.get("v1-error")["path"] == "/v1/models?key=[redacted]&limit=5"
+        assert dict(upgraded.get("v1-stream")["request_headers"]) == {
+            "Content-Type": "application/json",
+            "Authorization": "[redacted]",
+            "x-goog-api-key": "[redacted]",
+        }
+        for file in path.parent.iterdir():
+            contents = file.read_bytes()
+            assert not [secret for secret in self.SECRETS if secret in contents], file.name
+
+    def test_new_rows_are_written_beside_the_old(self, upgraded):
+        write(upgraded, request("new", started_at=time.time()), state="completed", **sent(), **ROUND_2)
+        assert upgraded.get("new")["completion_tokens"] == 230
+        assert upgraded.logs()[1] == 5
+
+
 class TestWriting:
     def test_round_trip_with_every_field(self, store):
         started = NOW + 0.123
-        store.begin(request("r1", started_at=started, stream=True))
+        store.begin(request("r1", started_at=started, stream=True, instance="replica-2:1234"))
         wait_for(lambda: store.get("r1") is not None)
         inflight = store.get("r1")
         assert inflight["state"] == "inflight"
         assert inflight["status"] is None and inflight["duration_ms"] is None
-        assert inflight["response_body"] == ""
+        assert (inflight["request_body"], inflight["response_body"], inflight["request_headers"]) == ("", "", [])
 
         store.finish(
             "r1",
@@ -197,9 +320,11 @@ class TestWriting:
             stream=False,
             routed_model="llama3",
             requested_model="gpt-4o-mini",
+            **sent(),
+            **ROUND_2,
         )
         wait_for(lambda: store.get("r1")["state"] != "inflight")
-        assert store.get("r1") == {
+        expected = {
             "id": "r1",
             "started_at": "2026-11-21T11:20:00.123Z",
             "method": "POST",
@@ -215,14 +340,45 @@ class TestWriting:
             "request_bytes": 19,
             "response_bytes": 11,
             "error": "upstream failed",
-            "instance": None,
+            **ROUND_2,
+            "instance": "replica-2:1234",
+        }
+        assert store.get("r1") == {
+            **expected,
             "request_headers": [["Content-Type", "application/json"]],
             "request_body": '{"model": "gpt-4o"}',
             "response_body": "bad gateway",
+            "response_text": None,
         }
         rows, count = store.logs()
         assert count == 1
+        assert rows == [expected]
         assert list(rows[0]) == list(ROW_FIELDS)
+
+    def test_round_2_fields_not_given_are_empty(self, store):
+        write(store, request("r1"), state="completed", status=200)
+        row = store.get("r1")
+        assert {name: row[name] for name in ROUND_2} == {
+            **dict.fromkeys(ROUND_2), "reasoning_chars": 0, "lone_think_close": False, "reasoned_anyway": False
+        }
+
+    @pytest.mark.parametrize(
+        "fields, stored",
+        [
+            ({"tokens_per_s": float("nan"), "upstream_ms": float("inf"), "first_token_ms": float("-inf")}, {}),
+            ({"prompt_tokens": 2**70, "completion_tokens": -5, "reasoning_chars": 2**64}, {}),
+            ({"prompt_tokens": 2**31, "completion_tokens": 2**31 - 1}, {"completion_tokens": 2**31 - 1}),
+            ({"status": float("nan"), "response_bytes": 2**63}, {}),
+        ],
+    )
+    def test_numbers_sqlite_or_json_cannot_hold_are_not_stored(self, store, fields, stored):
+        write(store, request("r1"), state="completed", **fields)
+        row = store.get("r1")
+        assert row["state"] == "completed"
+        assert {name: row[name] for name in fields} == {
+            **{name: 0 if name == "reasoning_chars" else None for name in fields}, **stored
+        }
+        assert store.failures == 0
 
     def test_finish_keeps_what_it_is_not_given(self, store):
         write(store, request("r1", stream=True), state="completed", status=200)
@@ -230,21 +386,34 @@ class TestWriting:
         assert row["stream"] is True
         assert (row["requested_model"], row["routed_model"]) == ("gpt-4o", "qwen3:8b")
 
-    def test_begin_and_finish_in_one_batch(self, path):
-        store = LogStore(str(path))
+    def test_begin_and_finish_in_one_batch(self, location):
+        store = LogStore(location)
         store.begin(request("r1", started_at=time.time()))
-        store.finish("r1", state="completed", status=200)
+        store.finish("r1", state="completed", status=200, **sent())
         store.open()
         store.close()
         assert store.get("r1")["state"] == "completed"
+        assert store.get("r1")["request_body"] == '{"model": "gpt-4o"}'
+
+    def test_bodies_are_written_once_when_the_request_ends(self, store):
+        store.begin(request("r1"))
+        wait_for(lambda: store.get("r1") is not None)
+        assert raw(store, "SELECT count(*) FROM bodies") == [(0,)]
+        store.finish("r1", state="completed", response_body=b"answer", **sent())
+        store.finish("r1", state="completed", response_body=b"again")
+        store.finish("never-begun", state="completed", response_body=b"orphan", **sent())
+        store.close()
+        assert raw(store, "SELECT count(*) FROM bodies") == [(1,)]
+        assert store.get("r1")["response_body"] == "answer"
 
     def test_thousands_of_requests_are_all_written(self, store):
         for number in range(2000):
             store.begin(request(f"r{number}", started_at=NOW + number))
-            store.finish(f"r{number}", state="completed", status=200, duration_ms=1.0, response_body=b"{}")
+            store.finish(f"r{number}", state="completed", status=200, duration_ms=1.0, response_body=b"{}", **sent())
         store.close(timeout=10)
         assert total(store) == 2000
         assert total(store, state="completed") == 2000
+        assert raw(store, "SELECT count(*) FROM bodies") == [(2000,)]
         assert store.failures == store.dropped == 0
 
     def test_close_writes_what_is_queued(self, store):
@@ -263,11 +432,12 @@ class TestWriting:
     def test_malformed_entries_are_skipped_and_counted(self, store):
         store.begin({"started_at": NOW})
         store.begin(request("bad-time", started_at="yesterday"))
+        store.begin(request("bodies-at-begin", request_body=b"{}"))
         store.begin(request("r1"))
         store.finish("r1", state="completed", colour="blue")
         store.begin(request("r2"))
         store.close()
-        assert store.failures == 3
+        assert store.failures == 4
         assert {row["id"]: row["state"] for row in store.logs()[0]} == {"r1": "inflight", "r2": "inflight"}
 
 
@@ -276,10 +446,11 @@ class TestBodies:
         store = LogStore(str(path), max_body_bytes=1000)
         store.open()
         body = b"a" * (10 * 1024 * 1024)
-        store.begin(request("r1", request_body=body, request_bytes=len(body)))
+        store.begin(request("r1", request_bytes=len(body)))
+        store.finish("r1", state="completed", **sent(body))
         store.close()
         marker = f"\n{TRUNCATED}: 10485760 bytes in total]"
-        assert raw(store, "SELECT length(request_body) FROM requests") == [(1000 + len(marker.encode()),)]
+        assert raw(store, "SELECT length(request_body), request_zlib FROM bodies") == [(1000 + len(marker.encode()), 0)]
         row = store.get("r1")
         assert row["request_body"] == "a" * 1000 + marker
         assert row["request_bytes"] == 10485760
@@ -293,22 +464,53 @@ class TestBodies:
             (b"x" * 50, 8000, "x" * 50 + f"\n{TRUNCATED}: 8000 bytes in total]"),
             (b"", 30, f"\n{TRUNCATED}: 30 bytes in total]"),
             (bytearray(b"x" * 150), None, "x" * 100 + f"\n{TRUNCATED}: 150 bytes in total]"),
+            (bytearray(b"x" * 80), None, "x" * 80),
         ],
     )
-    def test_response_body_cap_and_marker(self, path, body, response_bytes, expected):
-        store = LogStore(str(path), max_body_bytes=100)
-        store.open()
+    def test_response_body_cap_and_marker(self, location, body, response_bytes, expected):
+        store = opened(location, max_body_bytes=100)
         store.begin(request("r1"))
         store.finish("r1", state="completed", response_body=body, response_bytes=response_bytes)
         store.close()
         assert store.get("r1")["response_body"] == expected
 
-    def test_body_cut_inside_a_character_still_decodes(self, path):
-        store = LogStore(str(path), max_body_bytes=3)
-        store.open()
-        store.begin(request("r1", request_body="aé€".encode(), request_bytes=6))
+    def test_body_cut_inside_a_character_still_decodes(self, location):
+        store = opened(location, max_body_bytes=3)
+        store.begin(request("r1", request_bytes=6))
+        store.finish("r1", state="completed", **sent("aé€".encode()))
         store.close()
         assert store.get("r1")["request_body"] == f"aé\n{TRUNCATED}: 6 bytes in total]"
+
+    def test_big_bodies_are_stored_compressed_and_read_back_whole(self, sqlite_store):
+        store = sqlite_store
+        answer = b"".join(
+            b'data: {"choices": [{"index": 0, "delta": {"content": " word%d"}}]}\n\n' % number for number in range(400)
+        )
+        prompt = json.dumps({"messages": [{"role": "user", "content": "tell me " * 1000}]}).encode()
+        binary = os.urandom(COMPRESS_FROM * 2)
+        small = b"s" * (COMPRESS_FROM - 1)
+        store.begin(request("text"))
+        store.finish("text", state="completed", response_body=answer, **sent(prompt))
+        store.begin(request("binary"))
+        store.finish("binary", state="completed", response_body=small, **sent(binary))
+        store.close()
+        stored = dict(
+            (id, values)
+            for id, *values in raw(
+                store,
+                "SELECT id, length(request_body), request_zlib, length(response_body), response_zlib"
+                " FROM requests JOIN bodies USING (seq)",
+            )
+        )
+        assert stored["text"][1] == 1 and stored["text"][0] < len(prompt) / 10
+        assert stored["text"][3] == 1 and stored["text"][2] < len(answer) / 5
+        assert stored["binary"] == [len(binary), 0, len(small), 0], "kept as they are: no gain, or too small"
+        text = store.get("text")
+        assert (text["request_body"], text["response_body"]) == (prompt.decode(), answer.decode())
+        assert text["response_text"] == "".join(f" word{number}" for number in range(400))
+        assert store.get("binary")["response_body"] == small.decode()
+        assert [row["id"] for row in store.logs(q="WORD399")[0]] == ["text"]
+        assert [row["id"] for row in store.logs(q="TELL ME")[0]] == ["text"]
 
 
 class TestRedaction:
@@ -319,14 +521,19 @@ class TestRedaction:
         ("Set-Cookie", f"session={SECRET}"),
         ("X-API-Key", SECRET),
         ("api-key", SECRET),
+        ("x-goog-api-key", SECRET),
+        ("Ocp-Apim-Subscription-Key", SECRET),
+        ("X-Auth-Token", SECRET),
         ("Content-Type", "application/json"),
     ]
+    PATH = f"/v1beta/models/gemini:generateContent?key={SECRET}&alt=sse&api_key={SECRET}&Access_Token={SECRET}"
 
     def files(self, path: Path) -> list[Path]:
         return [file for file in path.parent.iterdir() if file.name.startswith(path.name)]
 
-    def test_secrets_never_reach_the_files(self, store, path):
-        write(store, request("r1", request_headers=self.HEADERS), state="completed")
+    def test_secrets_never_reach_the_files(self, sqlite_store, path):
+        store = sqlite_store
+        write(store, request("r1", path=self.PATH), state="completed", request_headers=self.HEADERS)
         written = self.files(path)
         assert {file.name for file in written} >= {"requests.db", "requests.db-wal", "requests.db-shm"}
         store.close()
@@ -334,28 +541,81 @@ class TestRedaction:
             if file.exists():
                 assert SECRET.encode() not in file.read_bytes(), file.name
 
-        headers = store.get("r1")["request_headers"]
-        assert headers == [[name, "[redacted]"] for name, _ in self.HEADERS[:-1]] + [
+        row = store.get("r1")
+        assert row["request_headers"] == [[name, "[redacted]"] for name, _ in self.HEADERS[:-1]] + [
             ["Content-Type", "application/json"]
         ]
+        masked = "/v1beta/models/gemini:generateContent?key=[redacted]&alt=sse&api_key=[redacted]&Access_Token=[redacted]"
+        assert row["path"] == masked
+        assert store.logs()[0][0]["path"] == masked
+
+    @pytest.mark.parametrize(
+        "path, masked",
+        [
+            ("/v1/models", "/v1/models"),
+            ("/v1/models?", "/v1/models?"),
+            ("/v1/x?key=abc", "/v1/x?key=[redacted]"),
+            ("/v1/x?a=1&token=abc&b=2", "/v1/x?a=1&token=[redacted]&b=2"),
+            ("/v1/x?api-key=a%20b&API_KEY=c&access_token=", "/v1/x?api-key=[redacted]&API_KEY=[redacted]&access_token=[redacted]"),
+            ("/v1/x?api%5Fkey=abc", "/v1/x?api%5Fkey=[redacted]"),
+            ("/v1/x?key=a=b&key=c", "/v1/x?key=[redacted]&key=[redacted]"),
+            ("/v1/x?keys=1&monkey=2&key", "/v1/x?keys=1&monkey=2&key"),
+            ("/v1/x?q=key%3Dabc", "/v1/x?q=key%3Dabc"),
+            ("/v1/x?%ZZ=1&key=é", "/v1/x?%ZZ=1&key=[redacted]"),
+        ],
+    )
+    def test_redact_path(self, path, masked):
+        assert redact_path(path) == masked
+
+    def test_files_are_private(self, tmp_path):
+        directory = tmp_path / "new" / "logs"
+        path = directory / "requests.db"
+        store = LogStore(str(path))
+        store.open()
+        write(store, request("r1"), state="completed")
+        modes = {file.name: stat.S_IMODE(file.stat().st_mode) for file in directory.iterdir()}
+        store.close()
+        assert modes == {"requests.db": 0o600, "requests.db-wal": 0o600, "requests.db-shm": 0o600}
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        assert stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
+
+    def test_an_existing_directory_keeps_its_mode(self, tmp_path):
+        tmp_path.chmod(0o755)
+        store = LogStore(str(tmp_path / "requests.db"))
+        store.open()
+        store.close()
+        assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+        assert stat.S_IMODE((tmp_path / "requests.db").stat().st_mode) == 0o600
+
+    def test_an_existing_readable_file_is_reported(self, path, caplog):
+        path.touch(mode=0o644)
+        path.chmod(0o644)
+        with caplog.at_level(logging.WARNING, logger="logstore"):
+            store = LogStore(str(path))
+            store.open()
+            store.close()
+        assert "has mode 644" in caplog.text
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, "the user's choice is left alone"
 
 
 class TestQueries:
     @pytest.fixture
     def filled(self, store):
         rows = [
-            request("a", NOW - 50, path="/v1/chat/completions", request_body=b'{"prompt": "Hello World"}'),
+            request("a", NOW - 50, path="/v1/chat/completions"),
             request("b", NOW - 40, service="ollama", path="/api/chat", requested_model="llama3", routed_model=None),
             request("c", NOW - 30, requested_model="qwen3:8b", routed_model="qwen3:14b"),
             request("d", NOW - 20, path="/v1/models", requested_model=None, routed_model=None),
-            request("e", NOW - 10, path="/v1/embeddings", request_body="Ärger 100%_done".encode()),
+            request("e", NOW - 10, path="/v1/embeddings"),
+            request("f", NOW - 5, path="/v1/completions?token=Ärger"),
         ]
         for row in rows:
             store.begin(row)
-        store.finish("a", state="completed", status=200, response_body=b"the ANSWER is 42")
+        store.finish("a", state="completed", status=200, response_body=b"the ANSWER is 42", **sent(b'{"prompt": "Hello World"}'))
         store.finish("b", state="error", status=502, error="upstream failed")
         store.finish("c", state="completed", status=200)
         store.finish("d", state="aborted")
+        store.finish("e", state="completed", **sent("Ärger 100%_done".encode()))
         store.close()
         return store
 
@@ -365,15 +625,15 @@ class TestQueries:
     @pytest.mark.parametrize(
         "filters, expected",
         [
-            ({}, ["e", "d", "c", "b", "a"]),
-            ({"model": "qwen3:8b"}, ["e", "c", "a"]),
+            ({}, ["f", "e", "d", "c", "b", "a"]),
+            ({"model": "qwen3:8b"}, ["f", "e", "c", "a"]),
             ({"model": "qwen3:14b"}, ["c"]),
-            ({"model": "gpt-4o"}, ["e", "a"]),
+            ({"model": "gpt-4o"}, ["f", "e", "a"]),
             ({"model": "llama3"}, ["b"]),
             ({"service": "ollama"}, ["b"]),
             ({"status": 200}, ["c", "a"]),
             ({"status": 404}, []),
-            ({"state": "inflight"}, ["e"]),
+            ({"state": "inflight"}, ["f"]),
             ({"state": "aborted"}, ["d"]),
             ({"q": "/API/"}, ["b"]),
             ({"q": "hello world"}, ["a"]),
@@ -383,8 +643,9 @@ class TestQueries:
             ({"q": "100%_"}, ["e"]),
             ({"q": "0%d"}, []),
             ({"q": "_"}, ["e"]),
-            ({"q": "completions"}, ["c", "a"]),
-            ({"model": "gpt-4o", "service": "openai", "state": "completed"}, ["a"]),
+            ({"q": "completions"}, ["f", "c", "a"]),
+            ({"q": "redacted"}, ["f"]),
+            ({"model": "gpt-4o", "service": "openai", "state": "completed"}, ["e", "a"]),
             ({"model": "qwen3:8b", "q": "embeddings"}, ["e"]),
         ],
     )
@@ -394,11 +655,11 @@ class TestQueries:
 
     def test_total_counts_beyond_the_page(self, filled):
         rows, count = filled.logs(limit=2, offset=1, model="qwen3:8b")
-        assert [row["id"] for row in rows] == ["c", "a"]
-        assert count == 3
+        assert [row["id"] for row in rows] == ["e", "c"]
+        assert count == 4
         assert filled.logs(limit=2, offset=10)[0] == []
-        assert self.ids(filled, limit=0) == ["e"]
-        assert self.ids(filled, limit=2, offset=-5) == ["e", "d"]
+        assert self.ids(filled, limit=0) == ["f"]
+        assert self.ids(filled, limit=2, offset=-5) == ["f", "e"]
 
     def test_limit_is_clamped_to_a_page(self, store):
         for number in range(600):
@@ -413,16 +674,30 @@ class TestQueries:
         store.close()
         assert self.ids(store) == ["b", "c", "a", "d"]
 
-    def test_search_covers_only_the_stored_part_of_a_body(self, path):
-        store = LogStore(str(path), max_body_bytes=10)
-        store.open()
-        store.begin(request("r1", request_body=b"0123456789needle"))
+    def test_search_covers_only_the_stored_part_of_a_body(self, location):
+        store = opened(location, max_body_bytes=10)
+        store.begin(request("r1"))
+        store.finish("r1", state="completed", **sent(b"0123456789needle"))
         store.close()
         assert total(store, q="needle") == 0
         assert total(store, q="truncated") == 1
 
     def test_unknown_id(self, store):
         assert store.get("nope") is None
+
+    @pytest.mark.parametrize(
+        "body, text",
+        [
+            (b'data: {"choices": [{"index": 0, "delta": {"content": "Hi"}}]}\n\ndata: {"choices": [{"index": 0, "delta": {"content": " there"}}]}\n\ndata: [DONE]\n\n', "Hi there"),
+            (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Plain."}}]}', "Plain."),
+            (b'{"message": {"content": "Ol"}, "done": false}\n{"message": {"content": "lama"}, "done": true}\n', "Ollama"),
+            (b'{"object": "list", "data": [{"embedding": [0.1]}]}', None),
+            (b"", None),
+        ],
+    )
+    def test_detail_assembles_the_answer_text(self, store, body, text):
+        write(store, request("r1"), state="completed", response_body=body)
+        assert store.get("r1")["response_text"] == text
 
 
 class TestStats:
@@ -431,6 +706,8 @@ class TestStats:
             "total": 0,
             "by_service": {},
             "by_model": {},
+            "by_requested_model": {},
+            "by_model_detail": {},
             "by_status": {},
             "errors": 0,
             "inflight": 0,
@@ -438,6 +715,10 @@ class TestStats:
             "last_24h": 0,
             "avg_duration_ms": None,
             "p95_duration_ms": None,
+            "first_token_p50_ms": None,
+            "first_token_p95_ms": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
             "log_failures": 0,
             "log_dropped": 0,
             "log_queue": 0,
@@ -457,6 +738,7 @@ class TestStats:
         assert stats["total"] == 103
         assert stats["by_service"] == {"openai": 102, "ollama": 1}
         assert stats["by_model"] == {"qwen3:8b": 100, "llama3": 1, "other": 1}
+        assert stats["by_requested_model"] == {"gpt-4o": 101, "llama3": 1}
         assert stats["by_status"] == {"200": 100, "404": 1}
         assert stats["errors"] == 2
         assert (stats["last_hour"], stats["last_24h"]) == (2, 102)
@@ -474,23 +756,66 @@ class TestStats:
         assert stats["p95_duration_ms"] == 95.0
         assert stats["avg_duration_ms"] == 50.5
 
+    def test_first_token_and_tokens(self, store):
+        for number in range(1, 21):
+            model = "llama3-70b" if number <= 10 else "qwen3:8b"
+            store.begin(request(f"s{number}", NOW - 100 + number, stream=True, routed_model=model))
+            store.finish(
+                f"s{number}",
+                state="completed",
+                status=200,
+                duration_ms=500.0,
+                first_token_ms=float(number * 10),
+                prompt_tokens=5,
+                completion_tokens=number,
+                tokens_per_s=float(number),
+            )
+        store.begin(request("plain", NOW - 10, routed_model="llama3-70b"))
+        store.finish("plain", state="completed", status=200, duration_ms=20.0, prompt_tokens=7, completion_tokens=3)
+        store.begin(request("running", NOW - 1, requested_model="mistral", routed_model="mistral"))
+        store.close()
+        stats = store.stats(now=NOW)
+        assert (stats["first_token_p50_ms"], stats["first_token_p95_ms"]) == (100.0, 190.0)
+        assert (stats["prompt_tokens"], stats["completion_tokens"]) == (5 * 20 + 7, 210 + 3)
+        assert stats["by_model_detail"] == {
+            "llama3-70b": {"requests": 11, "first_token_p50_ms": 50.0, "tokens_per_s_p50": 5.0, "completion_tokens": 58},
+            "qwen3:8b": {"requests": 10, "first_token_p50_ms": 150.0, "tokens_per_s_p50": 15.0, "completion_tokens": 155},
+            "mistral": {"requests": 1, "first_token_p50_ms": None, "tokens_per_s_p50": None, "completion_tokens": 0},
+        }
+        assert stats["by_model"] == {"llama3-70b": 11, "qwen3:8b": 10, "mistral": 1}
+        assert stats["by_requested_model"] == {"gpt-4o": 21, "mistral": 1}
+
+    def test_percentiles_are_over_the_newest_requests(self, store, monkeypatch):
+        monkeypatch.setattr(logstore, "PERCENTILE_WINDOW", 10)
+        for number in range(1, 31):
+            store.begin(request(f"r{number}", NOW - 100 + number))
+            store.finish(f"r{number}", state="completed", duration_ms=float(number), first_token_ms=float(number))
+        store.close()
+        stats = store.stats(now=NOW)
+        assert (stats["p95_duration_ms"], stats["first_token_p50_ms"]) == (30.0, 25.0)
+        assert stats["avg_duration_ms"] == 15.5 and stats["total"] == 30, "counts and sums are over every row"
+
 
 class TestRetention:
     def fill(self, path: Path, now: float) -> None:
         store = LogStore(str(path), max_age_days=365)
         store.open()
         for number in range(300):
-            store.begin(request(f"old{number}", now - 8 * 86400, request_body=os.urandom(20000)))
+            store.begin(request(f"old{number}", now - 8 * 86400))
+            store.finish(f"old{number}", state="completed", response_body=os.urandom(20000), **sent())
         store.begin(request("recent", now - 3600))
+        store.finish("recent", state="completed", response_body=b"kept", **sent())
         store.close()
 
-    def test_open_deletes_old_rows_and_compacts(self, path):
+    def test_open_deletes_old_rows_with_their_bodies_and_compacts(self, path):
         self.fill(path, time.time())
         before = path.stat().st_size
         store = LogStore(str(path), max_age_days=7)
         store.open()
         store.close()
         assert [row["id"] for row in store.logs()[0]] == ["recent"]
+        assert store.get("recent")["response_body"] == "kept"
+        assert raw(store, "SELECT count(*) FROM bodies") == [(1,)]
         assert pragma(path, "freelist_count") == 0
         assert path.stat().st_size < before / 10
 
@@ -500,10 +825,12 @@ class TestRetention:
         now = time.time()
         for number in range(2500):
             store.begin(request(f"old{number}", now - 2 * 86400))
+            store.finish(f"old{number}", state="completed", **sent())
         store.begin(request("recent", now - 3600))
         store.cleanup()
         store.close()
         assert [row["id"] for row in store.logs()[0]] == ["recent"]
+        assert raw(store, "SELECT count(*) FROM bodies") == [(0,)]
         assert pragma(path, "freelist_count") == 0
 
     def test_file_without_auto_vacuum_is_converted_when_compacted(self, path):
@@ -522,17 +849,15 @@ class TestRetention:
 
 
 class TestCrashRecovery:
-    def test_rows_left_inflight_are_aborted(self, path):
-        crashed = LogStore(str(path))
-        crashed.open()
+    def test_rows_left_inflight_are_aborted(self, location):
+        crashed = opened(location)
         now = time.time()
         crashed.begin(request("running", now))
         crashed.begin(request("done", now))
         crashed.finish("done", state="completed", status=200, duration_ms=5.0)
         crashed.close()
 
-        store = LogStore(str(path))
-        store.open()
+        store = opened(location)
         store.close()
         running = store.get("running")
         assert (running["state"], running["error"]) == ("aborted", ABORTED_ERROR)
@@ -546,7 +871,8 @@ read_only_files = pytest.mark.skipif(
 
 
 class TestFaults:
-    def test_locked_database_is_retried_without_losing_rows(self, store, path):
+    def test_locked_database_is_retried_without_losing_rows(self, sqlite_store, path):
+        store = sqlite_store
         lock = Lock(path)
         try:
             for number in range(20):

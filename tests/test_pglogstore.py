@@ -16,8 +16,11 @@ from logstore import ABORTED_ERROR
 from logstore import LogStore
 from logstore import LogUnavailable
 from pglogstore import DEAD_ERROR
+from tests import test_logstore
 from tests.pgserver import PASSWORD
+from tests.test_logstore import SECRET
 from tests.test_logstore import request
+from tests.test_logstore import sent
 from tests.test_logstore import total
 from tests.test_logstore import wait_for
 
@@ -60,13 +63,13 @@ class TestSchema:
         monkeypatch.setattr(
             pglogstore,
             "MIGRATIONS",
-            [*pglogstore.MIGRATIONS, ("ALTER TABLE requests ADD COLUMN note text", "UPDATE requests SET note = 'v2'")],
+            [*pglogstore.MIGRATIONS, ("ALTER TABLE requests ADD COLUMN extra text", "UPDATE requests SET extra = 'v2'")],
         )
         store = opened(pg_url, "a")
         store.begin(request("r2", started_at=time.time()))
         store.close()
         assert sql(pg_url, "SELECT version FROM schema_version") == [(len(pglogstore.MIGRATIONS),)]
-        assert sql(pg_url, "SELECT id, note FROM requests ORDER BY id") == [("r1", "v2"), ("r2", None)]
+        assert sql(pg_url, "SELECT id, extra FROM requests ORDER BY id") == [("r1", "v2"), ("r2", None)]
 
     def test_replicas_starting_together_migrate_once(self, pg_url):
         stores = [LogStore(pg_url, instance=f"r{number}") for number in range(4)]
@@ -300,11 +303,32 @@ class TestHostileValues:
     def test_nul_and_broken_utf8_are_stored(self, pg_url):
         store = opened(pg_url, "a")
         body = b"before\x00after \xff\xfe"
-        store.begin(request("r1", request_body=body, request_bytes=len(body), requested_model="a\x00b", path="/v1/\x00"))
+        store.begin(request("r1", request_bytes=len(body), requested_model="a\x00b", path="/v1/\x00"))
+        store.finish("r1", state="completed", **sent(body), response_body=bytearray(b"\x00"))
         store.close()
         row = store.get("r1")
-        assert row["request_body"] == "before\ufffdafter \ufffd\ufffd"
+        assert (row["request_body"], row["response_body"]) == ("before\ufffdafter \ufffd\ufffd", "\ufffd")
         assert (row["requested_model"], row["path"]) == ("a\ufffdb", "/v1/\ufffd")
         assert store.failures == 0
         assert total(store, q="\x00") == 1, "a NUL searched for is the same U+FFFD"
         assert total(store, model="a\x00b") == 1
+
+    def test_secrets_never_reach_the_database(self, pg_url):
+        store = opened(pg_url, "a")
+        store.begin(request("r1", path=test_logstore.TestRedaction.PATH, started_at=time.time()))
+        store.finish("r1", state="completed", request_headers=test_logstore.TestRedaction.HEADERS, request_body=b"{}")
+        store.close()
+        dumped = sql(pg_url, "SELECT r::text FROM requests r UNION ALL SELECT b::text FROM bodies b")
+        assert len(dumped) == 2
+        assert SECRET not in repr(dumped)
+
+    def test_big_bodies_are_read_back_whole_and_searched(self, pg_url):
+        answer = b"".join(b'data: {"choices": [{"delta": {"content": " word%d"}}]}\n\n' % number for number in range(4000))
+        store = opened(pg_url, "a", max_body_bytes=len(answer))
+        store.begin(request("r1"))
+        store.finish("r1", state="completed", response_body=answer, **sent())
+        store.close()
+        assert store.get("r1")["response_body"] == answer.decode()
+        assert [row["id"] for row in store.logs(q="WORD3999")[0]] == ["r1"]
+        (stored,) = sql(pg_url, "SELECT pg_column_size(response_body) FROM bodies")
+        assert stored[0] < len(answer) / 3, "PostgreSQL compresses it itself"

@@ -78,6 +78,45 @@ class TestRequestLog:
         assert dict(row["request_headers"])["authorization"] == "[redacted]"
         assert json.loads(row["response_body"]) == {"choices": []}
 
+    def test_row_gets_the_figures_other_addons_found_and_a_masked_path(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow("/v1/chat/completions?key=sk-in-the-query&alt=sse", body={"model": "m"})
+        log.request(f)
+        assert [r["path"] for r in log.inflight_rows()] == ["/v1/chat/completions?key=[redacted]&alt=sse"]
+        figures = {
+            "reasoning_chars": 12,
+            "lone_think_close": True,
+            "response_model": "m-2025",
+            "reasoned_anyway": True,
+            "note": "passed on unedited",
+            "upstream_ms": 3.5,
+            "upstream_first_token_ms": 20.0,
+            "first_token_ms": 80.5,
+            "prompt_tokens": 9,
+            "completion_tokens": 42,
+            "tokens_per_s": 33.25,
+        }
+        for name, value in figures.items():
+            setattr(flow_state(f), name, value)
+        f.response = json_response({"choices": [{"message": {"content": "Hi!"}}]})
+        log.responseheaders(f)
+        log.response(f)
+        row = stored(log, f.id)
+        assert {name: row[name] for name in figures} == figures
+        assert row["path"] == "/v1/chat/completions?key=[redacted]&alt=sse"
+        assert json.loads(row["request_body"]) == {"model": "m"} and row["response_text"] == "Hi!"
+
+    def test_failed_row_gets_the_figures_too(self, logged):
+        tctx, s, log, dash = logged
+        f = reverse_flow(body={"model": "m"})
+        log.request(f)
+        flow_state(f).upstream_ms, flow_state(f).reasoning_chars = 7.5, 3
+        f.error = mflow.Error("Client disconnected.")
+        log.error(f)
+        row = stored(log, f.id, "aborted")
+        assert (row["upstream_ms"], row["reasoning_chars"], row["first_token_ms"]) == (7.5, 3, None)
+        assert json.loads(row["request_body"]) == {"model": "m"}
+
     def test_streamed_body_is_what_the_client_got(self, logged):
         tctx, s, log, dash = logged
         f = reverse_flow()

@@ -2,7 +2,9 @@
 
 import http.client
 import json
+import shutil
 import socket
+import stat
 import time
 import uuid
 from pathlib import Path
@@ -74,8 +76,13 @@ class TestRows:
         row = logs[0]
         assert set(row) == {
             "id", "started_at", "method", "path", "service", "upstream", "stream", "requested_model",
-            "routed_model", "status", "state", "duration_ms", "request_bytes", "response_bytes", "error", "instance",
+            "routed_model", "status", "state", "duration_ms", "request_bytes", "response_bytes", "error",
+            "reasoning_chars", "lone_think_close", "response_model", "reasoned_anyway", "note", "upstream_ms",
+            "upstream_first_token_ms", "first_token_ms", "prompt_tokens", "completion_tokens", "tokens_per_s",
+            "instance",
         }
+        assert isinstance(row["reasoning_chars"], int)
+        assert isinstance(row["lone_think_close"], bool) and isinstance(row["reasoned_anyway"], bool)
         # INSTANCE_NAME unset and the port chosen at random: the host name and the process id
         assert row["instance"] == f"{socket.gethostname()}:pid{proxy.process.pid}"
         assert row["started_at"].endswith(("Z", "+00:00"))
@@ -124,6 +131,10 @@ class TestRows:
         plain = detail(proxy, get(proxy, "/api/logs?q=plain")[1]["logs"][0])
         assert json.loads(plain["response_body"])["choices"][0]["message"]["content"] == ANSWER
 
+    def test_details_hold_the_answers_text(self, proxy):
+        for query in ("q=streamed", "q=plain", "q=llama", "q=gen"):
+            assert detail(proxy, get(proxy, f"/api/logs?{query}")[1]["logs"][0])["response_text"] == ANSWER, query
+
     def test_unknown_detail_is_404(self, proxy):
         assert get(proxy, "/api/logs/nope")[0] == 404
 
@@ -136,6 +147,10 @@ class TestRows:
         assert stats["by_model"]["llama3-70b"] >= 2
         assert stats["by_status"]["200"] >= 4
         assert stats["p95_duration_ms"] > 0 and stats["avg_duration_ms"] > 0
+        assert stats["by_requested_model"]["gpt-4"] >= 2 and stats["by_requested_model"]["gpt-3.5-turbo"] >= 1
+        assert stats["by_model_detail"]["llama3-70b"]["requests"] == stats["by_model"]["llama3-70b"]
+        for key in ("first_token_p50_ms", "first_token_p95_ms", "prompt_tokens", "completion_tokens"):
+            assert key in stats
 
     def test_dashboard_page(self, proxy):
         status, page = get(proxy, "/")
@@ -159,6 +174,47 @@ def test_secrets_never_stored(proxy):
     assert paths, "the database files exist"
     for path in paths:
         assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_secret_query_parameters_are_masked_everywhere(proxy, openai_upstream):
+    gate = uuid.uuid4().hex
+    conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    body = {"model": "gpt-4", "messages": [{"role": "user", "content": "keyed"}], "stream": True}
+    conn.request("POST", f"/v1/chat/completions?key={SECRET}&alt=sse", json.dumps(body), mock_headers(gate=gate))
+    response = conn.getresponse()
+    response.read1(1)
+    inflight = wait_for(lambda: get(proxy, "/api/inflight")[1]["inflight"])
+    openai_upstream.release(gate)
+    response.read()
+    masked = "/v1/chat/completions?key=[redacted]&alt=sse"
+    assert inflight[0]["path"] == masked
+    row = row_for(proxy, masked)
+    answers = [json.dumps(get(proxy, "/api/logs?limit=500")[1]), json.dumps(detail(proxy, row))]
+    assert not [answer for answer in answers if SECRET in answer]
+    assert openai_upstream.requests[-1]["path"].endswith(f"?key={SECRET}&alt=sse"), "forwarded as sent"
+    for path in proxy_db_files(proxy):
+        assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_database_files_are_private(proxy):
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in proxy_db_files(proxy)}
+    assert modes == {"requests.db": 0o600, "requests.db-wal": 0o600, "requests.db-shm": 0o600}
+
+
+def test_database_of_the_previous_release_is_upgraded(rerouter, tmp_path):
+    db = tmp_path / "old.db"
+    shutil.copyfile(Path(__file__).parent / "data" / "requests-v1.db", db)
+    proxy = rerouter("python", {"DB_PATH": str(db), "MAX_LOG_AGE_DAYS": "36500"})
+    body = get(proxy, "/api/logs")[1]
+    assert body["total"] == 4
+    assert [row["id"] for row in body["logs"]] == ["v1-inflight", "v1-error", "v1-ollama", "v1-stream"]
+    assert body["logs"][-1]["reasoning_chars"] == 0 and body["logs"][-1]["first_token_ms"] is None
+    assert get(proxy, "/api/logs/v1-stream")[1]["response_text"] == "Hello from version one."
+    client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key="sk-x", max_retries=0)
+    client.chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "after-the-upgrade"}])
+    new = wait_for(lambda: get(proxy, "/api/logs?q=after-the-upgrade&state=completed")[1]["logs"])
+    assert new[0]["routed_model"] == "llama3-70b"
+    assert get(proxy, "/api/stats")[1]["total"] == 5
 
 
 def proxy_db_files(proxy) -> list[Path]:
