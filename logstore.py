@@ -546,7 +546,9 @@ class Batch:
                 (
                     json.dumps(redact_headers(fields.get("request_headers") or ())),
                     *self.store_body(cap_body(fields.get("request_body"), None, max_body_bytes)),
-                    *self.store_body(cap_body(fields.get("response_body"), fields.get("response_bytes"), max_body_bytes)),
+                    *self.store_body(
+                        cap_body(fields.get("response_body"), fields.get("response_bytes"), max_body_bytes)
+                    ),
                     str(id),
                 )
             )

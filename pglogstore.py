@@ -103,12 +103,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
             instance text
         )
         """,
-        "CREATE INDEX requests_started_at ON requests (started_at)",
-        "CREATE INDEX requests_state ON requests (state)",
-        "CREATE INDEX requests_status ON requests (status)",
-        "CREATE INDEX requests_service ON requests (service)",
-        "CREATE INDEX requests_requested_model ON requests (requested_model)",
-        "CREATE INDEX requests_routed_model ON requests (routed_model)",
+        *(
+            f"CREATE INDEX requests_{column} ON requests ({column})"
+            for column in ("started_at", "state", "status", "service", "requested_model", "routed_model")
+        ),
         "CREATE INDEX requests_inflight ON requests (instance) WHERE state = 'inflight'",
         # text, not SQLite's zlib: PostgreSQL compresses big values itself, and the search reads them
         """
@@ -135,6 +133,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
 HEARTBEAT = """
     INSERT INTO replicas (name, heartbeat_at, progress) VALUES (%s, now(), %s)
     ON CONFLICT (name) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, progress = excluded.progress
+"""
+ABORT_OF_AN_EARLIER_RUN = """
+    UPDATE requests SET state = 'aborted', error = %s WHERE state = 'inflight' AND coalesce(instance, '') = %s
 """
 ABORT_OF_THE_DEAD = """
     UPDATE requests SET state = 'aborted', error = %s
@@ -217,15 +218,14 @@ class PostgresDatabase:
         self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue(IDLE_READERS)
 
     def describe(self, error: Exception) -> str:
-        return mask_in(str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__, self.url)
+        """The first line of the message (libpq's go on with hints), the password masked should it appear."""
+        lines = str(error).strip().splitlines()
+        return mask_in(lines[0] if lines else type(error).__name__, self.url)
 
-    def _connect(self, timeout_ms: int, **options: Any) -> psycopg.Connection:
+    def _connect(self, timeout_ms: int) -> psycopg.Connection:
         try:
-            return psycopg.connect(
-                **self._conninfo, options=f"-c statement_timeout={timeout_ms}", autocommit=True, **options
-            )
+            return psycopg.connect(**self._conninfo, options=f"-c statement_timeout={timeout_ms}", autocommit=True)
         except psycopg.Error as e:
-            # the message libpq gives is about the server; it is masked anyway, in case it quotes the URL
             raise type(e)(self.describe(e)) from None
 
     def prepare(self, cutoff: float) -> None:
@@ -253,12 +253,9 @@ class PostgresDatabase:
         self._migrated = True
         self._heartbeat(conn)
         if not self._restarted:
-            aborted = conn.execute(
-                "UPDATE requests SET state = 'aborted', error = %s WHERE state = 'inflight' AND coalesce(instance, '') = %s",
-                (ABORTED_ERROR, self.instance),
-            ).rowcount
+            aborted = conn.execute(ABORT_OF_AN_EARLIER_RUN, (ABORTED_ERROR, self.instance)).rowcount
             if aborted:
-                logger.info("request log: %d requests left in flight by an earlier run of %s marked aborted", aborted, self.instance)
+                logger.info("request log: %d requests of an earlier run of %s marked aborted", aborted, self.instance)
             self._restarted = True
         logger.info("request log: writing to %s as %s", self.where, self.instance)
 
@@ -320,7 +317,12 @@ class PostgresDatabase:
                 " ON CONFLICT (task) DO UPDATE SET ran_at = excluded.ran_at"
             )
             if deleted:
-                logger.info("request log retention on %s: %d rows started before %s deleted", self.instance, deleted, iso_utc(cutoff))
+                logger.info(
+                    "request log retention on %s: %d rows started before %s deleted",
+                    self.instance,
+                    deleted,
+                    iso_utc(cutoff),
+                )
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s, %s)", RETENTION_LOCK)
 
@@ -384,22 +386,29 @@ class PostgresDatabase:
 
 
 def schema_version(conn: psycopg.Connection) -> int:
-    conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    # pg_tables, not to_regclass: a catalog lookup may not yet see a table another session just created
+    if not conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_tables WHERE schemaname = current_schema() AND tablename = 'schema_version')"
+    ).fetchone()[0]:
+        return 0
     return conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
 
 
 def migrate(conn: psycopg.Connection) -> None:
-    """Applies the migrations the database lacks, in one transaction, one replica at a time."""
+    """Applies the migrations the database lacks, in one transaction so a failure leaves the old version intact."""
+    version = schema_version(conn)
+    if version > len(MIGRATIONS):
+        raise psycopg.DataError(
+            f"request log schema version {version} is newer than this proxy knows ({len(MIGRATIONS)})"
+        )
+    if version == len(MIGRATIONS):
+        return
     with conn.transaction():
+        # Read again under the lock: another replica may have migrated the database meanwhile.
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", MIGRATION_LOCK)
-        version = schema_version(conn)
-        if version > len(MIGRATIONS):
-            raise psycopg.DataError(
-                f"request log schema version {version} is newer than this proxy knows ({len(MIGRATIONS)})"
-            )
-        for statements in MIGRATIONS[version:]:
+        for statements in MIGRATIONS[schema_version(conn) :]:
             for statement in statements:
                 conn.execute(statement)
-        if version < len(MIGRATIONS):
-            conn.execute("DELETE FROM schema_version")
-            conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+        conn.execute("DELETE FROM schema_version")
+        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (len(MIGRATIONS),))

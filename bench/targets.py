@@ -176,7 +176,9 @@ def start_postgres() -> PgServer:
     """The rerouter-pg target's database: a real PostgreSQL on loopback, started as the tests start it."""
     bindir = find_bindir()
     if bindir is None:
-        raise RuntimeError("the rerouter-pg target needs PostgreSQL (apt-get install postgresql); leave it out with --targets")
+        raise RuntimeError(
+            "the rerouter-pg target needs PostgreSQL (apt-get install postgresql); leave it out with --targets"
+        )
     return PgServer(bindir).start()
 
 

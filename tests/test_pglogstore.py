@@ -72,8 +72,18 @@ class TestSchema:
         assert sql(pg_url, "SELECT id, extra FROM requests ORDER BY id") == [("r1", "v2"), ("r2", None)]
 
     def test_replicas_starting_together_migrate_once(self, pg_url):
+        """Their writers and their dashboards' first reads, which migrate as well, all at once."""
         stores = [LogStore(pg_url, instance=f"r{number}") for number in range(4)]
+        failed = []
+
+        def read() -> None:
+            try:
+                LogStore(pg_url).logs()
+            except Exception as e:
+                failed.append(e)
+
         threads = [threading.Thread(target=store.open) for store in stores]
+        threads += [threading.Thread(target=read) for _ in range(4)]
         for thread in threads:
             thread.start()
         for number, store in enumerate(stores):
@@ -84,6 +94,7 @@ class TestSchema:
             store.close()
         assert total(stores[0]) == 4
         assert sum(store.failures for store in stores) == 0
+        assert failed == []
 
     def test_newer_schema_is_refused_without_stopping_the_proxy(self, pg_url, caplog):
         opened(pg_url, "a").close()
