@@ -999,6 +999,24 @@ class LogStore:
             for id, method, path, requested_model, routed_model, started_at, instance, response_bytes in rows
         ]
 
+    def unmatched_models(self, before: float, limit: int) -> list[tuple[str, int, float, int]]:
+        """
+        Requested names sent upstream as they were, newest first: (name, requests, last seen, 404 answers).
+
+        Rows started at or after `before` are left out: the running proxy counted those itself.
+        """
+        with self._reading() as conn:
+            return conn.execute(
+                """
+                SELECT requested_model, count(*), max(started_at), sum(CASE WHEN status = 404 THEN 1 ELSE 0 END)
+                FROM requests
+                WHERE requested_model IS NOT NULL AND started_at < ?
+                  AND (routed_model IS NULL OR routed_model = requested_model)
+                GROUP BY requested_model ORDER BY max(started_at) DESC LIMIT ?
+                """,
+                (before, limit),
+            ).fetchall()
+
     @contextlib.contextmanager
     def _translated_errors(self) -> Iterator[None]:
         try:

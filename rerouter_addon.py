@@ -22,23 +22,27 @@ from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
 from rerouter.routing import reverse_defaults
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from rerouter.stripping import ThinkStrip
 from rerouter.upstream_failures import UpstreamFailures
 
 settings = Settings()
 request_log = RequestLog(settings)
+rules = Rules(settings, request_log)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
-# anything could send them upstream; routing picks the upstream before the timeout starts and the
-# rewrite records the model names; the think filter wraps the answer's stream before the log,
-# which comes last so it sees the rewritten request and the stream exactly as the client gets it.
+# anything could send them upstream; routing picks the upstream before the timeout starts; the rules
+# (MODEL_MAP or its file) are in force before the rewrite asks them and records the model names;
+# the think filter wraps the answer's stream before the log, which comes last so it sees the
+# rewritten request and the stream exactly as the client gets it.
 addons = [
     settings,
-    Dashboard(settings, request_log),
+    Dashboard(settings, request_log, rules),
     ReverseProxy(settings),
     UpstreamFailures(settings),
-    ModelRewrite(settings),
+    rules,
+    ModelRewrite(settings, rules),
     ThinkStrip(settings),
     request_log,
 ]

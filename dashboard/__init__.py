@@ -25,6 +25,8 @@ from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
 from rerouter.routing import listen_host
+from rerouter.rules import ROUTES as RULES_ROUTES
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,7 +47,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-API = {"/api/logs", "/api/stats", "/api/inflight"}
+API = {"/api/logs", "/api/stats", "/api/inflight", *RULES_ROUTES}
 LOG_DETAIL = re.compile(r"/api/logs/([A-Za-z0-9-]{1,64})")
 SESSION_COOKIE = "rerouter_session"
 LOG_FILTERS = {"model": str, "service": str, "state": str, "q": str, "status": int, "limit": int, "offset": int}
@@ -92,9 +94,10 @@ class Dashboard:
     the login cookie); the page itself holds no data and shows the login form.
     """
 
-    def __init__(self, settings: Settings, log: RequestLog) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, rules: Rules) -> None:
         self.settings = settings
         self.log = log
+        self.rules = rules
         self.pages: dict[str, bytes] = {}
 
     def running(self) -> None:
@@ -155,6 +158,9 @@ class Dashboard:
         if path == "/api/inflight":
             elsewhere = await asyncio.to_thread(store.inflight_elsewhere)
             return json_answer({"inflight": self.log.inflight_rows() + elsewhere})
+        if path in RULES_ROUTES:
+            status, body = self.rules.answer(path, query)
+            return json_answer(body, status)
         row = await asyncio.to_thread(store.get, LOG_DETAIL.fullmatch(path).group(1))
         return json_answer(row) if row else json_answer({"error": "no such request"}, 404)
 

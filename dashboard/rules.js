@@ -72,7 +72,7 @@ function unmatchedView(data) {
           el('b', {}, entry.model),
           ' ',
           el('span', { class: 'muted' }, seen),
-          entry.rejected && el('span', { class: 'tag warn' }, 'rejected by the server'),
+          entry.rejected > 0 && el('span', { class: 'tag warn' }, 'rejected by the server'),
           el('div', {}, line, ' ', button),
         );
       }),

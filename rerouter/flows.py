@@ -26,7 +26,8 @@ class FlowState:
     Who sets what (in the order the addons run):
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
-      DISABLE_THINKING switches it applied).
+      DISABLE_THINKING switches it applied), `rule` (the key of the rule that
+      matched the requested model, None when none did).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
@@ -41,6 +42,7 @@ class FlowState:
     local: bool = False
     requested_model: str | None = None
     routed_model: str | None = None
+    rule: str | None = None
     thinking_switches: tuple[str, ...] = ()
     timed_out: bool = False
     answered_status: int | None = None

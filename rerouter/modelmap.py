@@ -2,15 +2,74 @@
 Model-name rewriting and the request-side edits that go with it.
 
 Pure logic with no mitmproxy import: `ModelMap` decides what a requested model
-is routed to, `append_no_think` asks a model not to think, `add_aliases` makes
-aliases visible in the upstream's model lists.
+is routed to and explains why, its `Rule`s also edit the request's body,
+`append_no_think` asks a model not to think, `add_aliases` makes aliases
+visible in the upstream's model lists.
 """
 
 import copy
+import json
+import math
 import re
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 NO_THINK = "/no_think"
+RULE_FIELDS = {"model", "set", "drop"}
+MAX_VALUE_NODES = 100_000  # values in a whole map: a YAML alias cannot make one rule's `set` explode
+MAX_VALUE_DEPTH = 64
+NOTE_VALUE_CHARS = 40
+
+
+@dataclass(frozen=True)
+class Rule:
+    """
+    One entry of the map: an exact name or a `/regex/`, the name it routes to, and its body edits.
+
+    `target` None keeps the requested name (a rule that only edits the body).
+    """
+
+    key: str
+    pattern: re.Pattern[str] | None
+    target: str | None
+    set: dict[str, Any] = field(default_factory=dict)
+    drop: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "exact" if self.pattern is None else "pattern"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "kind": self.kind, "target": self.target, "set": self.set, "drop": list(self.drop)}
+
+    def edit(self, body: dict[str, Any]) -> str:
+        """
+        Drop the rule's top-level fields, then deep-merge its `set` into `body`.
+
+        Dropping first lets a rule replace an object wholesale (drop `options`, set
+        `options`). Returns what changed, for the flow's comment; "" when nothing did.
+        """
+        dropped = [name for name in self.drop if name in body]
+        for name in dropped:
+            del body[name]
+        merged = merge(body, self.set)
+        notes = []
+        if merged:
+            notes.append("set " + ", ".join(merged))
+        if dropped:
+            notes.append("dropped " + ", ".join(dropped))
+        return "; ".join(notes)
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """The rule a name matched, and what the name is routed to."""
+
+    rule: Rule
+    index: int  # the rule's position in the map, as written
+    routed: str
+    groups: tuple[str | None, ...] = ()
 
 
 class ModelMap:
@@ -19,48 +78,137 @@ class ModelMap:
 
     The first pattern whose `re.search` matches wins, and its value is expanded
     with the match's groups (`\\1`, `\\g<name>`); a name that matches nothing is
-    left as it is.
+    left as it is. A value is the routed name or `{"model", "set", "drop"}`.
     """
 
-    def __init__(
-        self,
-        exact: dict[str, str] | None = None,
-        patterns: list[tuple[re.Pattern[str], str]] | None = None,
-    ) -> None:
-        self.exact = exact or {}
-        self.patterns = patterns or []
+    def __init__(self, rules: list[Rule] | None = None) -> None:
+        self.rules = rules or []
+        # the exact names that rename: the aliases added to the upstream's model lists
+        self.exact = {rule.key: rule.target for rule in self.rules if rule.pattern is None and rule.target is not None}
+        self._exact = {rule.key: index for index, rule in enumerate(self.rules) if rule.pattern is None}
+        self._patterns = [(index, rule) for index, rule in enumerate(self.rules) if rule.pattern is not None]
 
     @classmethod
     def from_dict(cls, mapping: Any) -> "ModelMap":
         if not isinstance(mapping, dict):
             raise ValueError(f"expected a JSON object, got {type(mapping).__name__}")
-        exact: dict[str, str] = {}
-        patterns: list[tuple[re.Pattern[str], str]] = []
-        for key, target in mapping.items():
-            if not isinstance(target, str):
-                raise ValueError(f"the value for {key!r} must be a string")
-            pattern = parse_pattern(key)
-            if pattern is None:
-                exact[key] = target
-                continue
-            try:
-                pattern.sub(target, "")  # compiles the template: catches bad group references now
-            except (re.error, IndexError) as e:  # Python 3.11 raises IndexError for unknown group names
-                raise ValueError(f"bad replacement {target!r} for {key!r}: {e}") from None
-            patterns.append((pattern, target))
-        return cls(exact, patterns)
+        budget = ValueBudget()
+        return cls([parse_rule(key, value, budget) for key, value in mapping.items()])
 
     def __bool__(self) -> bool:
-        return bool(self.exact or self.patterns)
+        return bool(self.rules)
+
+    def match(self, model: str) -> RuleMatch | None:
+        index = self._exact.get(model)
+        if index is not None:
+            rule = self.rules[index]
+            return RuleMatch(rule, index, model if rule.target is None else rule.target)
+        for index, rule in self._patterns:
+            found = rule.pattern.search(model)
+            if found:
+                routed = model if rule.target is None else found.expand(rule.target)
+                return RuleMatch(rule, index, routed, found.groups())
+        return None
 
     def route(self, model: str) -> str:
-        if model in self.exact:
-            return self.exact[model]
-        for pattern, target in self.patterns:
-            match = pattern.search(model)
-            if match:
-                return match.expand(target)
-        return model
+        match = self.match(model)
+        return model if match is None else match.routed
+
+    def explain(self, model: str) -> dict[str, Any]:
+        """Why `model` goes where it goes: the winning rule, and the later ones that also match but never get it."""
+        match = self.match(model)
+        if match is None:
+            return {"model": model, "routed": model, "rule": None, "groups": [], "set": {}, "drop": [], "shadowed": []}
+        rule = match.rule
+        shadowed = [other.key for index, other in self._patterns if index != match.index and other.pattern.search(model)]
+        return {
+            "model": model,
+            "routed": match.routed,
+            "rule": {"key": rule.key, "kind": rule.kind, "index": match.index},
+            "groups": list(match.groups),
+            "set": rule.set,
+            "drop": list(rule.drop),
+            "shadowed": shadowed,
+        }
+
+
+def parse_rule(key: Any, value: Any, budget: "ValueBudget") -> Rule:
+    """A map entry: `"name": "target"` or `"name": {"model": "target", "set": {...}, "drop": [...]}`."""
+    if not isinstance(key, str):
+        raise ValueError(f"keys must be model names or /regex/, got {key!r}")
+    if isinstance(value, str):
+        target, changes, drop = value, {}, ()
+    elif isinstance(value, dict):
+        unknown = set(map(str, value)) - RULE_FIELDS
+        if unknown:
+            raise ValueError(f"the rule for {key!r} has unknown fields {sorted(unknown)}; a rule has model, set, drop")
+        target, changes, drop = value.get("model"), value.get("set", {}), value.get("drop", [])
+        if target is not None and not isinstance(target, str):
+            raise ValueError(f"the model of the rule for {key!r} must be a string")
+        if not isinstance(changes, dict):
+            raise ValueError(f"the set of the rule for {key!r} must be an object")
+        if not isinstance(drop, list) or not all(isinstance(name, str) for name in drop):
+            raise ValueError(f"the drop of the rule for {key!r} must be a list of field names")
+        if "model" in changes or "model" in drop:
+            raise ValueError(f"the rule for {key!r} cannot set or drop model: its model field names the routed model")
+        budget.check(changes, f"the set of the rule for {key!r}")
+        drop = tuple(drop)
+    else:
+        raise ValueError(f"the value for {key!r} must be a string or an object with model, set, drop")
+    pattern = parse_pattern(key)
+    if pattern is not None and target is not None:
+        try:
+            pattern.sub(target, "")  # compiles the template: catches bad group references now
+        except (re.error, IndexError) as e:  # Python 3.11 raises IndexError for unknown group names
+            raise ValueError(f"bad replacement {target!r} for {key!r}: {e}") from None
+    return Rule(key, pattern, target, changes, drop)
+
+
+class ValueBudget:
+    """
+    Checks that `set` values are plain JSON a request body can carry, within one bound for the whole map.
+
+    YAML brings dates, sets and aliases: an alias repeated in a chain of lists is
+    a few bytes of file and billions of nodes once walked.
+    """
+
+    def __init__(self, nodes: int = MAX_VALUE_NODES) -> None:
+        self.nodes = nodes
+
+    def check(self, value: Any, where: str, depth: int = 0) -> None:
+        self.nodes -= 1
+        if self.nodes < 0 or depth > MAX_VALUE_DEPTH:
+            raise ValueError(f"{where} is too large or too deeply nested")
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if not isinstance(name, str):
+                    raise ValueError(f"{where} has a key that is not a string: {name!r}")
+                self.check(item, where, depth + 1)
+        elif isinstance(value, list):
+            for item in value:
+                self.check(item, where, depth + 1)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where} holds {value}, which JSON cannot carry")
+        elif not (value is None or isinstance(value, (str, int, float))):
+            raise ValueError(f"{where} holds a {type(value).__name__} ({value!r}), which JSON cannot carry; quote it")
+
+
+def merge(body: dict[str, Any], changes: dict[str, Any], prefix: str = "") -> list[str]:
+    """Deep-merge `changes` into `body`: objects key by key, anything else replaced. Returns what changed."""
+    changed = []
+    for name, value in changes.items():
+        current = body.get(name)
+        if isinstance(value, dict) and isinstance(current, dict):
+            changed += merge(current, value, f"{prefix}{name}.")
+        elif name not in body or current != value or type(current) is not type(value):  # true is not 1
+            body[name] = copy.deepcopy(value)
+            changed.append(f"{prefix}{name}={short_json(value)}")
+    return changed
+
+
+def short_json(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= NOTE_VALUE_CHARS else text[: NOTE_VALUE_CHARS - 1] + "…"
 
 
 def parse_pattern(key: str) -> re.Pattern[str] | None:

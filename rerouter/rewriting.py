@@ -13,6 +13,7 @@ from rerouter.flows import set_json
 from rerouter.flows import flow_state
 from rerouter.modelmap import add_aliases
 from rerouter.modelmap import append_no_think
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -22,13 +23,14 @@ BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 class ModelRewrite:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules: Rules) -> None:
         self.settings = settings
+        self.rules = rules
 
     def request(self, flow: http.HTTPFlow) -> None:
         if not is_proxied(flow) or flow.request.method not in BODY_METHODS:
             return
-        model_map, no_think = self.settings.model_map, self.settings.disable_thinking
+        model_map, no_think = self.rules.model_map, self.settings.disable_thinking
         if not (model_map or no_think or self.settings.enable_logging):
             return  # nothing to change, and no log that wants to know the model
         body = json_object(flow.request)
@@ -37,13 +39,20 @@ class ModelRewrite:
         changed = False
         requested = body.get("model")
         if isinstance(requested, str):
-            routed = model_map.route(requested)
+            match = self.rules.match(requested)
+            routed = requested if match is None else match.routed
             record = flow_state(flow)
             record.requested_model, record.routed_model = requested, routed
             if routed != requested:
                 body["model"] = routed
                 annotate(flow, f"model: {requested} -> {routed}")
                 changed = True
+            if match is not None:
+                record.rule = match.rule.key
+                edits = match.rule.edit(body)  # before the thinking switches: the proxy's own values win
+                if edits:
+                    annotate(flow, edits)
+                    changed = True
         if no_think and append_no_think(body):
             annotate(flow, "/no_think appended")
             changed = True
@@ -51,7 +60,7 @@ class ModelRewrite:
             set_json(flow.request, body)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        aliases = self.settings.model_map.exact
+        aliases = self.rules.model_map.exact
         if (
             not aliases
             or flow.request.method != "GET"

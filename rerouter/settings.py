@@ -158,6 +158,13 @@ MODEL_MAP = Setting(
     "JSON object of model rewrites; keys are exact names or /regex/ (/regex/i ignores case), "
     'values may use \\1 or \\g<name> (written \\\\1 in JSON), e.g. {"gpt-4": "llama3-70b", "/^claude-(.*)$/": "qwen3:\\\\1"}.',
 )
+MODEL_MAP_FILE = Setting(
+    "MODEL_MAP_FILE",
+    "",
+    str,
+    "Path of a JSON or YAML file holding the model map instead of MODEL_MAP (same keys; a value may also be "
+    '{"model": ..., "set": {...}, "drop": [...]}); re-read within 2 s when it changes, without a restart.',
+)
 STRIP_THINKING = Setting(
     "STRIP_THINKING",
     "true",
@@ -236,6 +243,7 @@ class Settings:
     upstream_url: Upstream = UPSTREAM_URL.field()
     ollama_upstream_url: Upstream = OLLAMA_UPSTREAM_URL.field()
     model_map: ModelMap = MODEL_MAP.field()
+    model_map_file: str = MODEL_MAP_FILE.field()
     strip_thinking: bool = STRIP_THINKING.field()
     disable_thinking: bool = DISABLE_THINKING.field()
     request_timeout: float = REQUEST_TIMEOUT.field()

@@ -685,6 +685,19 @@ class TestQueries:
     def test_unknown_id(self, store):
         assert store.get("nope") is None
 
+    def test_unmatched_models(self, store):
+        for id, started, requested, routed, status in [
+            ("1", 100.0, "mystery", "mystery", 404),
+            ("2", 200.0, "mystery", "mystery", 200),
+            ("3", 150.0, "gpt-4", "llama3-70b", 200),
+            ("4", 300.0, "unrouted", None, None),
+            ("5", 900.0, "later", "later", 200),
+        ]:
+            store.begin(request(id, started, requested_model=requested, routed_model=routed))
+            store.finish(id, state="completed", status=status)
+        store.close()
+        assert store.unmatched_models(before=500.0, limit=10) == [("unrouted", 1, 300.0, 0), ("mystery", 2, 200.0, 1)]
+
     @pytest.mark.parametrize(
         "body, text",
         [

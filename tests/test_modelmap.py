@@ -49,7 +49,18 @@ class TestModelMap:
         "mapping, problem",
         [
             ([], "expected a JSON object"),
-            ({"a": 1}, "must be a string"),
+            ({"a": 1}, "must be a string or an object"),
+            ({"a": {"model": 1}}, "model of the rule for 'a' must be a string"),
+            ({"a": {"model": "b", "sett": {}}}, r"unknown fields \['sett'\]"),
+            ({"a": {"set": []}}, "set of the rule for 'a' must be an object"),
+            ({"a": {"drop": "x"}}, "must be a list of field names"),
+            ({"a": {"drop": [1]}}, "must be a list of field names"),
+            ({"a": {"set": {"model": "x"}}}, "cannot set or drop model"),
+            ({"a": {"drop": ["model"]}}, "cannot set or drop model"),
+            ({"a": {"set": {"x": float("nan")}}}, "JSON cannot carry"),
+            ({"a": {"set": {"x": {1, 2}}}}, "set .* which JSON cannot carry"),
+            ({"a": {"set": {"x": {1: 2}}}}, "key that is not a string"),
+            ({"/(a)/": {"model": r"\2"}}, "bad replacement"),
             ({"/(/": "x"}, "invalid regex"),
             ({"/(a)/": r"\2"}, "bad replacement"),
             ({"/(a)/": r"\g<nope>"}, "bad replacement"),
@@ -58,6 +69,87 @@ class TestModelMap:
     def test_bad_maps(self, mapping, problem):
         with pytest.raises(ValueError, match=problem):
             mm(mapping)
+
+
+class TestRules:
+    """Values that are objects: {"model", "set", "drop"}."""
+
+    def test_object_value_routes_like_a_string(self):
+        m = mm({"/^claude-(\\w+)/": {"model": r"qwen3-\1", "set": {"temperature": 0.1}}})
+        match = m.match("claude-haiku-4")
+        assert match.routed == "qwen3-haiku" and match.index == 0 and match.groups == ("haiku",)
+        assert match.rule.set == {"temperature": 0.1}
+
+    def test_rule_without_model_keeps_the_name(self):
+        m = mm({"qwen3:32b": {"set": {"think": False}}, "/^llama/": {"drop": ["logprobs"]}})
+        assert m.route("qwen3:32b") == "qwen3:32b"
+        assert m.route("llama3-70b") == "llama3-70b"
+        assert m.match("llama3-70b").rule.drop == ("logprobs",)
+        assert m.exact == {}, "a rule that keeps the name is no alias"
+
+    def test_edit_deep_merges_set_and_drops_fields(self):
+        rule = mm({"m": {"model": "x", "set": {"options": {"num_ctx": 8192}, "think": False, "stop": ["a"]}, "drop": ["logprobs", "absent"]}}).rules[0]
+        body = {"model": "x", "options": {"temperature": 1, "num_ctx": 2048}, "stop": ["b", "c"], "logprobs": True}
+        note = rule.edit(body)
+        assert body == {"model": "x", "options": {"temperature": 1, "num_ctx": 8192}, "stop": ["a"], "think": False}
+        assert note == "set options.num_ctx=8192, think=false, stop=[\"a\"]; dropped logprobs"
+
+    def test_edit_drops_before_it_sets(self):
+        rule = mm({"m": {"drop": ["options"], "set": {"options": {"seed": 1}}}}).rules[0]
+        body = {"options": {"temperature": 1}}
+        rule.edit(body)
+        assert body == {"options": {"seed": 1}}
+
+    def test_edit_reports_nothing_when_the_body_already_has_it(self):
+        rule = mm({"m": {"set": {"think": False, "options": {"seed": 1}}, "drop": ["gone"]}}).rules[0]
+        body = {"think": False, "options": {"seed": 1}}
+        assert rule.edit(body) == ""
+        assert rule.edit({"think": 0, "options": {"seed": 1}}) == "set think=false", "true/false are not 1/0 in JSON"
+
+    def test_edit_copies_the_rules_values(self):
+        rule = mm({"m": {"set": {"chat_template_kwargs": {"enable_thinking": True}}}}).rules[0]
+        body: dict = {}
+        rule.edit(body)
+        body["chat_template_kwargs"]["enable_thinking"] = False
+        assert rule.set == {"chat_template_kwargs": {"enable_thinking": True}}
+
+    def test_long_values_are_cut_in_the_note(self):
+        rule = mm({"m": {"set": {"system": "x" * 500}}}).rules[0]
+        note = rule.edit({})
+        assert note.startswith('set system="xxx') and note.endswith("…") and len(note) < 60
+
+    def test_alias_bomb_is_refused(self):
+        value: list = ["x"]
+        for _ in range(40):
+            value = [value, value]  # what YAML anchors make of a few lines: 2**40 nodes once walked
+        with pytest.raises(ValueError, match="too large"):
+            mm({"m": {"set": {"v": value}}})
+
+    def test_explain(self):
+        m = mm({"/^gpt-/": "pattern", "gpt-4": {"model": "exact", "set": {"a": 1}}, "/^(gpt)-(\\d)/": r"\1\2", "/^claude/": "c"})
+        assert m.explain("gpt-4") == {
+            "model": "gpt-4",
+            "routed": "exact",
+            "rule": {"key": "gpt-4", "kind": "exact", "index": 1},
+            "groups": [],
+            "set": {"a": 1},
+            "drop": [],
+            "shadowed": ["/^gpt-/", "/^(gpt)-(\\d)/"],
+        }
+        verdict = m.explain("gpt-5")
+        assert verdict["rule"] == {"key": "/^gpt-/", "kind": "pattern", "index": 0}
+        assert verdict["routed"] == "pattern" and verdict["shadowed"] == ["/^(gpt)-(\\d)/"]
+        assert m.explain("gpt-5x")["groups"] == []
+        assert mm({"/^(a)(b)?/": r"\1"}).explain("ax")["groups"] == ["a", None]
+        assert m.explain("llama") == {"model": "llama", "routed": "llama", "rule": None, "groups": [], "set": {}, "drop": [], "shadowed": []}
+
+    def test_as_dict(self):
+        m = mm({"a": "b", "/c/i": {"model": "d", "set": {"x": 1}, "drop": ["y"]}, "e": {"set": {"z": 2}}})
+        assert [rule.as_dict() for rule in m.rules] == [
+            {"key": "a", "kind": "exact", "target": "b", "set": {}, "drop": []},
+            {"key": "/c/i", "kind": "pattern", "target": "d", "set": {"x": 1}, "drop": ["y"]},
+            {"key": "e", "kind": "exact", "target": None, "set": {"z": 2}, "drop": []},
+        ]
 
 
 class TestNoThink:

@@ -15,6 +15,7 @@ from rerouter.flows import flow_state
 from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
@@ -46,7 +47,7 @@ def logged(settings_env, tmp_path):
     settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log)
+    dash = Dashboard(s, log, Rules(s, log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield tctx, s, log, dash
@@ -213,7 +214,7 @@ def guarded(settings_env, tmp_path):
     settings_env.setenv("DASHBOARD_TOKEN", "s3cret-token")
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log)
+    dash = Dashboard(s, log, Rules(s, log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield dash
@@ -279,7 +280,7 @@ def test_exposure_warning(settings_env, tmp_path, caplog, host, token, warned):
     settings_env.setenv("DASHBOARD_TOKEN", token)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log)
+    dash = Dashboard(s, log, Rules(s, log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         dash.running()

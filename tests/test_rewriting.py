@@ -3,7 +3,9 @@ import json
 import pytest
 from mitmproxy.test import taddons
 
+from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
+from rerouter.rules import Rules
 from rerouter.settings import Settings
 from tests.conftest import json_response
 from tests.conftest import reverse_flow
@@ -14,9 +16,10 @@ from tests.conftest import start
 def rewrite(settings_env):
     settings_env.setenv("MODEL_MAP", json.dumps({"gpt-4": "llama3-70b", "gpt-3.5-turbo": "qwen3:8b", "/^claude-(.*)$/": r"qwen3-\1"}))
     s = Settings()
-    m = ModelRewrite(s)
-    with taddons.context(s, m) as tctx:
-        start(tctx, s)
+    r = Rules(s, RequestLog(s))
+    m = ModelRewrite(s, r)
+    with taddons.context(s, r, m) as tctx:
+        start(tctx, s, r)
         yield tctx, s, m
 
 
