@@ -8,11 +8,12 @@ entries at worst (counted in `dropped`), never proxy latency. The reads behind
 the JSON API block and are meant for a worker thread; WAL mode lets them run
 while the writer writes.
 
-Two tables. `requests` holds one small row per request, inserted when the
+Three tables. `requests` holds one small row per request, inserted when the
 request starts (the in-flight list and crash recovery read it) and updated
-when it ends; listing, counting and the stats read only these. `bodies` holds
-what was sent and received (redacted headers, request body, response body as
-delivered), written once when the request ends, big bodies compressed.
+when it ends; listing, counting and the stats read only these. The bodies
+have tables of their own, each body written once, never grown, big ones
+compressed: `request_bodies` (redacted headers and the request body) with the
+row, when the request starts; `response_bodies` (as delivered) when it ends.
 
 The read side is plain functions of a DB-API connection (`query_logs`,
 `query_row`, `query_stats`) in portable SQL with `?` placeholders, which
@@ -92,9 +93,9 @@ PERCENTILE_WINDOW = 10000
 COMPRESS_FROM = 4096
 """
 Bodies from this size on are stored zlib-compressed (level 1) when that makes them smaller.
-Measured (writer thread, bench.log_write's answers): a 35 KB streamed answer costs 105 µs of
-CPU instead of 169 and takes a ninth of the space; a smaller body fits a page as it is, and
-compressing it cost more than it saved.
+Measured on the writer thread with bench.log_write's prose: a request with a 35 KB streamed
+answer cost 111 µs of CPU instead of 166 and 5.7 KB of file instead of 40; compressing 2 KB
+bodies too cost 17 µs more per request than it saved.
 """
 PRIVATE_FILE = 0o600
 PRIVATE_DIRECTORY = 0o700
@@ -113,7 +114,9 @@ START_FIELDS = (
     "routed_model",
 )
 BEGIN_COLUMNS = (*START_FIELDS, "request_bytes", "instance")
-"""What begin() takes: the row as the request starts. Bodies come with finish()."""
+REQUEST_BODY_FIELDS = ("request_headers", "request_body")
+BEGIN_FIELDS = frozenset(BEGIN_COLUMNS) | frozenset(REQUEST_BODY_FIELDS)
+"""What begin() takes: the row as the request starts, with what the request sent."""
 FLOW_FIELDS = (
     "reasoning_chars",
     "lone_think_close",
@@ -140,7 +143,6 @@ ROW_FIELDS = (
     "instance",
 )
 BOOLEAN_FIELDS = ("stream", "lone_think_close", "reasoned_anyway")
-BODY_FIELDS = ("request_headers", "request_body", "response_body")
 
 MIGRATIONS: list[tuple[str, ...]] = [
     # 1: the initial schema. `seq` is the insertion order that breaks ties between equal
@@ -177,25 +179,31 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX requests_requested_model ON requests (requested_model)",
         "CREATE INDEX requests_routed_model ON requests (routed_model)",
     ),
-    # 2: bodies in a table of their own, written once when the request ends; the figures of
-    # round 2 and the serving instance as columns. Rows of version 1 keep their bodies, with
-    # the secrets version 1 did not mask masked now (redact_path, redact_headers_json are
-    # registered by open_for_writing).
+    # 2: bodies in tables of their own, each written once (`seq` is the request's); the
+    # figures of round 2 and the serving instance as columns. Rows of version 1 keep their
+    # bodies, with the secrets version 1 did not mask masked now (redact_path and
+    # redact_headers_json are registered by open_for_writing).
     (
         """
-        CREATE TABLE bodies (
+        CREATE TABLE request_bodies (
             seq INTEGER PRIMARY KEY,
-            request_headers TEXT NOT NULL DEFAULT '[]',
-            request_body BLOB,
-            response_body BLOB,
-            request_zlib INTEGER NOT NULL DEFAULT 0,
-            response_zlib INTEGER NOT NULL DEFAULT 0
+            headers TEXT NOT NULL DEFAULT '[]',
+            body BLOB,
+            zlib INTEGER NOT NULL DEFAULT 0
         )
         """,
         """
-        INSERT INTO bodies (seq, request_headers, request_body, response_body)
-        SELECT seq, redact_headers_json(request_headers), request_body, response_body FROM requests
+        CREATE TABLE response_bodies (
+            seq INTEGER PRIMARY KEY,
+            body BLOB,
+            zlib INTEGER NOT NULL DEFAULT 0
+        )
         """,
+        """
+        INSERT INTO request_bodies (seq, headers, body)
+        SELECT seq, redact_headers_json(request_headers), request_body FROM requests
+        """,
+        "INSERT INTO response_bodies (seq, body) SELECT seq, response_body FROM requests WHERE response_body IS NOT NULL",
         "UPDATE requests SET path = redact_path(path) WHERE instr(path, '?') > 0",
         "ALTER TABLE requests DROP COLUMN request_headers",
         "ALTER TABLE requests DROP COLUMN request_body",
@@ -271,7 +279,7 @@ FINISH_COLUMNS = {
 }
 """The row's columns finish() may set, each with the conversion to a type SQLite binds."""
 FINISH_CONVERSIONS = tuple(FINISH_COLUMNS.items())
-FINISH_FIELDS = frozenset(FINISH_COLUMNS) | frozenset(BODY_FIELDS)
+FINISH_FIELDS = frozenset(FINISH_COLUMNS) | {"response_body"}
 
 INSERT = f"""
     INSERT INTO requests ({", ".join(BEGIN_COLUMNS)}) VALUES ({", ".join("?" * len(BEGIN_COLUMNS))})
@@ -282,10 +290,13 @@ UPDATE = f"""
     UPDATE requests SET {", ".join(f"{name} = coalesce(?, {name})" for name in FINISH_COLUMNS)}
     WHERE id = ?
 """
-# The bodies' row takes the seq of the request's row, and is not written without one.
-INSERT_BODIES = """
-    INSERT INTO bodies (seq, request_headers, request_body, request_zlib, response_body, response_zlib)
-    SELECT seq, ?, ?, ?, ?, ? FROM requests WHERE id = ?
+# A body takes the seq of the request's row, and is not written without one.
+INSERT_REQUEST_BODY = """
+    INSERT INTO request_bodies (seq, headers, body, zlib) SELECT seq, ?, ?, ? FROM requests WHERE id = ?
+    ON CONFLICT (seq) DO NOTHING
+"""
+INSERT_RESPONSE_BODY = """
+    INSERT INTO response_bodies (seq, body, zlib) SELECT seq, ?, ? FROM requests WHERE id = ?
     ON CONFLICT (seq) DO NOTHING
 """
 
@@ -385,7 +396,8 @@ def delete_older_than(conn: sqlite3.Connection, cutoff: float) -> None:
             expired = conn.execute(
                 "SELECT seq FROM requests WHERE started_at < ? LIMIT ?", (cutoff, RETENTION_BATCH)
             ).fetchall()
-            conn.executemany("DELETE FROM bodies WHERE seq = ?", expired)
+            conn.executemany("DELETE FROM request_bodies WHERE seq = ?", expired)
+            conn.executemany("DELETE FROM response_bodies WHERE seq = ?", expired)
             conn.executemany("DELETE FROM requests WHERE seq = ?", expired)
         deleted += len(expired)
         if len(expired) < RETENTION_BATCH:
@@ -500,25 +512,38 @@ class Batch:
     """A cut body as the database stores it, and whether that is zlib-compressed."""
     size: int = 0
     inserts: list[tuple] = field(default_factory=list)
+    request_bodies: list[tuple] = field(default_factory=list)
     updates: list[tuple] = field(default_factory=list)
-    bodies: list[tuple] = field(default_factory=list)
+    response_bodies: list[tuple] = field(default_factory=list)
     cleanup: bool = False
 
     def add(self, item: tuple, max_body_bytes: int) -> None:
         kind = item[0]
         if kind == _BEGIN:
-            self.inserts.append(self._insert(item[1]))
+            self._begin(item[1], max_body_bytes)
         elif kind == _FINISH:
             self._finish(item[1], item[2], max_body_bytes)
         else:
             self.cleanup = True
         self.size += 1
 
-    @staticmethod
-    def _insert(row: dict) -> tuple:
-        unknown = row.keys() - set(BEGIN_COLUMNS)
+    def _begin(self, row: dict, max_body_bytes: int) -> None:
+        unknown = row.keys() - BEGIN_FIELDS
         if unknown:
             raise TypeError(f"begin() got unknown fields: {', '.join(sorted(unknown))}")
+        insert = self._insert(row)
+        self.inserts.append(insert)
+        if any(name in row for name in REQUEST_BODY_FIELDS):
+            self.request_bodies.append(
+                (
+                    json.dumps(redact_headers(row.get("request_headers") or ())),
+                    *self.store_body(cap_body(row.get("request_body"), row.get("request_bytes"), max_body_bytes)),
+                    insert[0],
+                )
+            )
+
+    @staticmethod
+    def _insert(row: dict) -> tuple:
         return (
             str(row["id"]),
             float(row["started_at"]),
@@ -541,17 +566,9 @@ class Batch:
             None if (value := fields.get(name)) is None else convert(value) for name, convert in FINISH_CONVERSIONS
         )
         self.updates.append((*columns, str(id)))
-        if any(name in fields for name in BODY_FIELDS):
-            self.bodies.append(
-                (
-                    json.dumps(redact_headers(fields.get("request_headers") or ())),
-                    *self.store_body(cap_body(fields.get("request_body"), None, max_body_bytes)),
-                    *self.store_body(
-                        cap_body(fields.get("response_body"), fields.get("response_bytes"), max_body_bytes)
-                    ),
-                    str(id),
-                )
-            )
+        if "response_body" in fields:
+            body = cap_body(fields["response_body"], fields.get("response_bytes"), max_body_bytes)
+            self.response_bodies.append((*self.store_body(body), str(id)))
 
 
 class Reader(Protocol):
@@ -649,8 +666,9 @@ class SqliteDatabase:
         conn.execute("BEGIN IMMEDIATE")
         with conn:
             conn.executemany(INSERT, batch.inserts)
+            conn.executemany(INSERT_REQUEST_BODY, batch.request_bodies)
             conn.executemany(UPDATE, batch.updates)
-            conn.executemany(INSERT_BODIES, batch.bodies)
+            conn.executemany(INSERT_RESPONSE_BODY, batch.response_bodies)
 
     def retain(self, cutoff: float) -> None:
         delete_older_than(self._connection(), cutoff)
@@ -1077,8 +1095,9 @@ def text_search(q: str) -> tuple[str, list[str]]:
     bodies; measured, it is as fast as LIKE on uncompressed ones).
     """
     clause = (
-        "(contains_text(path, 0, ?) OR seq IN (SELECT seq FROM bodies"
-        " WHERE contains_text(request_body, request_zlib, ?) OR contains_text(response_body, response_zlib, ?)))"
+        "(contains_text(path, 0, ?)"
+        " OR seq IN (SELECT seq FROM request_bodies WHERE contains_text(body, zlib, ?))"
+        " OR seq IN (SELECT seq FROM response_bodies WHERE contains_text(body, zlib, ?)))"
     )
     return clause, [q.casefold()] * 3
 
@@ -1105,8 +1124,9 @@ def query_row(conn: Any, id: str) -> dict | None:
     that the write path pays nothing for it (null when the body holds no answer).
     """
     values = conn.execute(
-        f"SELECT {', '.join(ROW_FIELDS)}, request_headers, request_body, request_zlib, response_body, response_zlib"
-        " FROM requests LEFT JOIN bodies USING (seq) WHERE id = ?",
+        f"SELECT {', '.join(ROW_FIELDS)}, sent.headers, sent.body, sent.zlib, delivered.body, delivered.zlib"
+        " FROM requests LEFT JOIN request_bodies AS sent USING (seq) LEFT JOIN response_bodies AS delivered USING (seq)"
+        " WHERE id = ?",
         (id,),
     ).fetchone()
     if values is None:

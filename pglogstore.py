@@ -32,7 +32,8 @@ from psycopg.conninfo import conninfo_to_dict
 
 from logstore import ABORTED_ERROR
 from logstore import INSERT
-from logstore import INSERT_BODIES
+from logstore import INSERT_REQUEST_BODY
+from logstore import INSERT_RESPONSE_BODY
 from logstore import RETENTION_BATCH
 from logstore import UPDATE
 from logstore import Batch
@@ -110,15 +111,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE INDEX requests_inflight ON requests (instance) WHERE state = 'inflight'",
         # text, not SQLite's zlib: PostgreSQL compresses big values itself, and the search reads them
         """
-        CREATE TABLE bodies (
+        CREATE TABLE request_bodies (
             seq bigint PRIMARY KEY,
-            request_headers text NOT NULL DEFAULT '[]',
-            request_body text,
-            response_body text,
-            request_zlib integer NOT NULL DEFAULT 0,
-            response_zlib integer NOT NULL DEFAULT 0
+            headers text NOT NULL DEFAULT '[]',
+            body text,
+            zlib integer NOT NULL DEFAULT 0
         )
         """,
+        "CREATE TABLE response_bodies (seq bigint PRIMARY KEY, body text, zlib integer NOT NULL DEFAULT 0)",
         """
         CREATE TABLE replicas (
             name text PRIMARY KEY,
@@ -145,8 +145,10 @@ ABORT_OF_THE_DEAD = """
 DELETE_EXPIRED = """
     WITH expired AS (
         DELETE FROM requests WHERE seq IN (SELECT seq FROM requests WHERE started_at < %s LIMIT %s) RETURNING seq
-    ), bodies_gone AS (
-        DELETE FROM bodies WHERE seq IN (SELECT seq FROM expired)
+    ), sent AS (
+        DELETE FROM request_bodies WHERE seq IN (SELECT seq FROM expired)
+    ), delivered AS (
+        DELETE FROM response_bodies WHERE seq IN (SELECT seq FROM expired)
     )
     SELECT count(*) FROM expired
 """
@@ -268,12 +270,14 @@ class PostgresDatabase:
     def write(self, batch: Batch) -> None:
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cursor:
-            if batch.inserts:
-                cursor.executemany(placeholders(INSERT), storable_rows(batch.inserts))
-            if batch.updates:
-                cursor.executemany(placeholders(UPDATE), storable_rows(batch.updates))
-            if batch.bodies:
-                cursor.executemany(placeholders(INSERT_BODIES), storable_rows(batch.bodies))
+            for statement, rows in (
+                (INSERT, batch.inserts),
+                (INSERT_REQUEST_BODY, batch.request_bodies),
+                (UPDATE, batch.updates),
+                (INSERT_RESPONSE_BODY, batch.response_bodies),
+            ):
+                if rows:
+                    cursor.executemany(placeholders(statement), storable_rows(rows))
 
     def tick(self) -> None:
         conn = self._connection()
@@ -311,7 +315,7 @@ class PostgresDatabase:
                 (max(DEAD_AFTER, time.time() - cutoff),),
             )
             if deleted:
-                conn.execute("VACUUM (ANALYZE) requests, bodies")
+                conn.execute("VACUUM (ANALYZE) requests, request_bodies, response_bodies")
             conn.execute(
                 "INSERT INTO maintenance (task, ran_at) VALUES ('retention', now())"
                 " ON CONFLICT (task) DO UPDATE SET ran_at = excluded.ran_at"
@@ -364,8 +368,9 @@ class PostgresDatabase:
     def search(q: str) -> tuple[str, list[Any]]:
         """ILIKE: case is ignored beyond ASCII as far as the database's collation knows its letters."""
         clause = (
-            "(path ILIKE ? ESCAPE '\\' OR seq IN (SELECT seq FROM bodies"
-            " WHERE request_body ILIKE ? ESCAPE '\\' OR response_body ILIKE ? ESCAPE '\\'))"
+            "(path ILIKE ? ESCAPE '\\'"
+            " OR seq IN (SELECT seq FROM request_bodies WHERE body ILIKE ? ESCAPE '\\')"
+            " OR seq IN (SELECT seq FROM response_bodies WHERE body ILIKE ? ESCAPE '\\'))"
         )
         return clause, [f"%{escape_like(q)}%"] * 3
 

@@ -127,12 +127,13 @@ def streamed_cpu(count: int, events: list[bytes]) -> tuple[float, float]:
     """
     with request_log(True) as log:
         batch = flows(count)
+        responses = [http.Response.make(200, b"", {"content-type": "text/event-stream"}) for _ in batch]
         hooks = 0.0
         started = time.process_time()
         for first in range(0, count, CLIENTS):
             burst_started = time.thread_time()
-            for flow in batch[first : first + CLIENTS]:
-                one_request(log, flow, http.Response.make(200, b"", {"content-type": "text/event-stream"}), events)
+            for flow, response in zip(batch[first : first + CLIENTS], responses[first : first + CLIENTS]):
+                one_request(log, flow, response, events)
             hooks += time.thread_time() - burst_started
             while log.store.queued:
                 time.sleep(0.001)

@@ -163,6 +163,8 @@ class RequestLog:
                 "stream": False,
                 "requested_model": record.requested_model,
                 "routed_model": record.routed_model,
+                "request_headers": list(request.headers.items(multi=True)),
+                "request_body": request.get_content(strict=False) or b"",
                 "request_bytes": len(request.raw_content or b""),
             }
         )
@@ -191,7 +193,6 @@ class RequestLog:
             stream=streamed,
             response_bytes=size,
             response_body=body,
-            **self._sent(flow.request),
             **flow_state(flow).row_fields(),
         )
 
@@ -218,21 +219,12 @@ class RequestLog:
             response_bytes=record.response_bytes,
             response_body=bytes(record.delivered),
             error=message,
-            **self._sent(flow.request),
             **shared.row_fields(),
         )
 
     @staticmethod
     def _duration(record: Inflight) -> float:
         return round((time.monotonic() - record.started) * 1000, 1)
-
-    @staticmethod
-    def _sent(request: http.Request) -> dict:
-        """The request's headers and body for the row's bodies, which the store writes once, when the request ends."""
-        return {
-            "request_headers": list(request.headers.items(multi=True)),
-            "request_body": request.get_content(strict=False) or b"",
-        }
 
     def inflight_rows(self) -> list[dict]:
         """This replica's requests in flight; the store knows the other replicas'."""

@@ -61,15 +61,12 @@ def request(id: str, started_at: float = NOW, **fields) -> dict:
         "stream": False,
         "requested_model": "gpt-4o",
         "routed_model": "qwen3:8b",
+        "request_headers": [("Content-Type", "application/json")],
+        "request_body": b'{"model": "gpt-4o"}',
         "request_bytes": 19,
     }
     row.update(fields)
     return row
-
-
-def sent(body: bytes = b'{"model": "gpt-4o"}', **fields) -> dict:
-    """What finish() gets about the request besides its own fields."""
-    return {"request_headers": [("Content-Type", "application/json")], "request_body": body, **fields}
 
 
 def wait_for(condition, timeout: float = 5.0) -> None:
@@ -171,9 +168,8 @@ class TestSchema:
             assert f"CREATE INDEX requests_{column} ON requests ({column})" in indexed
         columns = {row[1] for row in raw(store, "PRAGMA table_info(requests)")}
         assert columns == {"seq", *ROW_FIELDS}, "no bodies in the rows the list reads"
-        assert {row[1] for row in raw(store, "PRAGMA table_info(bodies)")} == {
-            "seq", "request_headers", "request_body", "request_zlib", "response_body", "response_zlib"
-        }
+        assert {row[1] for row in raw(store, "PRAGMA table_info(request_bodies)")} == {"seq", "headers", "body", "zlib"}
+        assert {row[1] for row in raw(store, "PRAGMA table_info(response_bodies)")} == {"seq", "body", "zlib"}
 
     def test_existing_file_opens_and_keeps_its_rows(self, path):
         first = LogStore(str(path))
@@ -294,7 +290,7 @@ class TestUpgradeFromVersion1:
             assert not [secret for secret in self.SECRETS if secret in contents], file.name
 
     def test_new_rows_are_written_beside_the_old(self, upgraded):
-        write(upgraded, request("new", started_at=time.time()), state="completed", **sent(), **ROUND_2)
+        write(upgraded, request("new", started_at=time.time()), state="completed", **ROUND_2)
         assert upgraded.get("new")["completion_tokens"] == 230
         assert upgraded.logs()[1] == 5
 
@@ -307,7 +303,8 @@ class TestWriting:
         inflight = store.get("r1")
         assert inflight["state"] == "inflight"
         assert inflight["status"] is None and inflight["duration_ms"] is None
-        assert (inflight["request_body"], inflight["response_body"], inflight["request_headers"]) == ("", "", [])
+        assert (inflight["request_body"], inflight["response_body"]) == ('{"model": "gpt-4o"}', "")
+        assert inflight["response_text"] is None
 
         store.finish(
             "r1",
@@ -320,7 +317,6 @@ class TestWriting:
             stream=False,
             routed_model="llama3",
             requested_model="gpt-4o-mini",
-            **sent(),
             **ROUND_2,
         )
         wait_for(lambda: store.get("r1")["state"] != "inflight")
@@ -389,31 +385,31 @@ class TestWriting:
     def test_begin_and_finish_in_one_batch(self, location):
         store = LogStore(location)
         store.begin(request("r1", started_at=time.time()))
-        store.finish("r1", state="completed", status=200, **sent())
+        store.finish("r1", state="completed", status=200)
         store.open()
         store.close()
         assert store.get("r1")["state"] == "completed"
         assert store.get("r1")["request_body"] == '{"model": "gpt-4o"}'
 
-    def test_bodies_are_written_once_when_the_request_ends(self, store):
+    def test_each_body_is_written_once(self, store):
         store.begin(request("r1"))
         wait_for(lambda: store.get("r1") is not None)
-        assert raw(store, "SELECT count(*) FROM bodies") == [(0,)]
-        store.finish("r1", state="completed", response_body=b"answer", **sent())
+        assert raw(store, "SELECT (SELECT count(*) FROM request_bodies), (SELECT count(*) FROM response_bodies)") == [(1, 0)]
+        store.finish("r1", state="completed", response_body=b"answer")
         store.finish("r1", state="completed", response_body=b"again")
-        store.finish("never-begun", state="completed", response_body=b"orphan", **sent())
+        store.finish("never-begun", state="completed", response_body=b"orphan")
         store.close()
-        assert raw(store, "SELECT count(*) FROM bodies") == [(1,)]
+        assert raw(store, "SELECT count(*) FROM response_bodies") == [(1,)]
         assert store.get("r1")["response_body"] == "answer"
 
     def test_thousands_of_requests_are_all_written(self, store):
         for number in range(2000):
             store.begin(request(f"r{number}", started_at=NOW + number))
-            store.finish(f"r{number}", state="completed", status=200, duration_ms=1.0, response_body=b"{}", **sent())
+            store.finish(f"r{number}", state="completed", status=200, duration_ms=1.0, response_body=b"{}")
         store.close(timeout=10)
         assert total(store) == 2000
         assert total(store, state="completed") == 2000
-        assert raw(store, "SELECT count(*) FROM bodies") == [(2000,)]
+        assert raw(store, "SELECT count(*) FROM response_bodies") == [(2000,)]
         assert store.failures == store.dropped == 0
 
     def test_close_writes_what_is_queued(self, store):
@@ -432,12 +428,13 @@ class TestWriting:
     def test_malformed_entries_are_skipped_and_counted(self, store):
         store.begin({"started_at": NOW})
         store.begin(request("bad-time", started_at="yesterday"))
-        store.begin(request("bodies-at-begin", request_body=b"{}"))
+        store.begin(request("colour", colour="blue"))
         store.begin(request("r1"))
         store.finish("r1", state="completed", colour="blue")
+        store.finish("r1", state="completed", request_body=b"late")
         store.begin(request("r2"))
         store.close()
-        assert store.failures == 4
+        assert store.failures == 5
         assert {row["id"]: row["state"] for row in store.logs()[0]} == {"r1": "inflight", "r2": "inflight"}
 
 
@@ -446,11 +443,10 @@ class TestBodies:
         store = LogStore(str(path), max_body_bytes=1000)
         store.open()
         body = b"a" * (10 * 1024 * 1024)
-        store.begin(request("r1", request_bytes=len(body)))
-        store.finish("r1", state="completed", **sent(body))
+        store.begin(request("r1", request_body=body, request_bytes=len(body)))
         store.close()
         marker = f"\n{TRUNCATED}: 10485760 bytes in total]"
-        assert raw(store, "SELECT length(request_body), request_zlib FROM bodies") == [(1000 + len(marker.encode()), 0)]
+        assert raw(store, "SELECT length(body), zlib FROM request_bodies") == [(1000 + len(marker.encode()), 0)]
         row = store.get("r1")
         assert row["request_body"] == "a" * 1000 + marker
         assert row["request_bytes"] == 10485760
@@ -476,8 +472,7 @@ class TestBodies:
 
     def test_body_cut_inside_a_character_still_decodes(self, location):
         store = opened(location, max_body_bytes=3)
-        store.begin(request("r1", request_bytes=6))
-        store.finish("r1", state="completed", **sent("aé€".encode()))
+        store.begin(request("r1", request_body="aé€".encode(), request_bytes=6))
         store.close()
         assert store.get("r1")["request_body"] == f"aé\n{TRUNCATED}: 6 bytes in total]"
 
@@ -489,19 +484,19 @@ class TestBodies:
         prompt = json.dumps({"messages": [{"role": "user", "content": "tell me " * 1000}]}).encode()
         binary = os.urandom(COMPRESS_FROM * 2)
         small = b"s" * (COMPRESS_FROM - 1)
-        store.begin(request("text"))
-        store.finish("text", state="completed", response_body=answer, **sent(prompt))
-        store.begin(request("binary"))
-        store.finish("binary", state="completed", response_body=small, **sent(binary))
+        store.begin(request("text", request_body=prompt, request_bytes=len(prompt)))
+        store.finish("text", state="completed", response_body=answer)
+        store.begin(request("binary", request_body=binary, request_bytes=len(binary)))
+        store.finish("binary", state="completed", response_body=small)
         store.close()
-        stored = dict(
-            (id, values)
+        stored = {
+            id: values
             for id, *values in raw(
                 store,
-                "SELECT id, length(request_body), request_zlib, length(response_body), response_zlib"
-                " FROM requests JOIN bodies USING (seq)",
+                "SELECT id, length(sent.body), sent.zlib, length(delivered.body), delivered.zlib FROM requests"
+                " JOIN request_bodies AS sent USING (seq) JOIN response_bodies AS delivered USING (seq)",
             )
-        )
+        }
         assert stored["text"][1] == 1 and stored["text"][0] < len(prompt) / 10
         assert stored["text"][3] == 1 and stored["text"][2] < len(answer) / 5
         assert stored["binary"] == [len(binary), 0, len(small), 0], "kept as they are: no gain, or too small"
@@ -533,7 +528,7 @@ class TestRedaction:
 
     def test_secrets_never_reach_the_files(self, sqlite_store, path):
         store = sqlite_store
-        write(store, request("r1", path=self.PATH), state="completed", request_headers=self.HEADERS)
+        write(store, request("r1", path=self.PATH, request_headers=self.HEADERS), state="completed")
         written = self.files(path)
         assert {file.name for file in written} >= {"requests.db", "requests.db-wal", "requests.db-shm"}
         store.close()
@@ -602,20 +597,20 @@ class TestQueries:
     @pytest.fixture
     def filled(self, store):
         rows = [
-            request("a", NOW - 50, path="/v1/chat/completions"),
+            request("a", NOW - 50, path="/v1/chat/completions", request_body=b'{"prompt": "Hello World"}'),
             request("b", NOW - 40, service="ollama", path="/api/chat", requested_model="llama3", routed_model=None),
             request("c", NOW - 30, requested_model="qwen3:8b", routed_model="qwen3:14b"),
             request("d", NOW - 20, path="/v1/models", requested_model=None, routed_model=None),
-            request("e", NOW - 10, path="/v1/embeddings"),
+            request("e", NOW - 10, path="/v1/embeddings", request_body="Ärger 100%_done".encode()),
             request("f", NOW - 5, path="/v1/completions?token=Ärger"),
         ]
         for row in rows:
             store.begin(row)
-        store.finish("a", state="completed", status=200, response_body=b"the ANSWER is 42", **sent(b'{"prompt": "Hello World"}'))
+        store.finish("a", state="completed", status=200, response_body=b"the ANSWER is 42")
         store.finish("b", state="error", status=502, error="upstream failed")
         store.finish("c", state="completed", status=200)
         store.finish("d", state="aborted")
-        store.finish("e", state="completed", **sent("Ärger 100%_done".encode()))
+        store.finish("e", state="completed")
         store.close()
         return store
 
@@ -676,8 +671,7 @@ class TestQueries:
 
     def test_search_covers_only_the_stored_part_of_a_body(self, location):
         store = opened(location, max_body_bytes=10)
-        store.begin(request("r1"))
-        store.finish("r1", state="completed", **sent(b"0123456789needle"))
+        store.begin(request("r1", request_body=b"0123456789needle"))
         store.close()
         assert total(store, q="needle") == 0
         assert total(store, q="truncated") == 1
@@ -814,10 +808,10 @@ class TestRetention:
         store = LogStore(str(path), max_age_days=365)
         store.open()
         for number in range(300):
-            store.begin(request(f"old{number}", now - 8 * 86400))
-            store.finish(f"old{number}", state="completed", response_body=os.urandom(20000), **sent())
+            store.begin(request(f"old{number}", now - 8 * 86400, request_body=os.urandom(20000)))
+            store.finish(f"old{number}", state="completed", response_body=os.urandom(20000))
         store.begin(request("recent", now - 3600))
-        store.finish("recent", state="completed", response_body=b"kept", **sent())
+        store.finish("recent", state="completed", response_body=b"kept")
         store.close()
 
     def test_open_deletes_old_rows_with_their_bodies_and_compacts(self, path):
@@ -828,7 +822,7 @@ class TestRetention:
         store.close()
         assert [row["id"] for row in store.logs()[0]] == ["recent"]
         assert store.get("recent")["response_body"] == "kept"
-        assert raw(store, "SELECT count(*) FROM bodies") == [(1,)]
+        assert raw(store, "SELECT (SELECT count(*) FROM request_bodies), (SELECT count(*) FROM response_bodies)") == [(1, 1)]
         assert pragma(path, "freelist_count") == 0
         assert path.stat().st_size < before / 10
 
@@ -838,12 +832,12 @@ class TestRetention:
         now = time.time()
         for number in range(2500):
             store.begin(request(f"old{number}", now - 2 * 86400))
-            store.finish(f"old{number}", state="completed", **sent())
+            store.finish(f"old{number}", state="completed", response_body=b"{}")
         store.begin(request("recent", now - 3600))
         store.cleanup()
         store.close()
         assert [row["id"] for row in store.logs()[0]] == ["recent"]
-        assert raw(store, "SELECT count(*) FROM bodies") == [(0,)]
+        assert raw(store, "SELECT (SELECT count(*) FROM request_bodies), (SELECT count(*) FROM response_bodies)") == [(1, 0)]
         assert pragma(path, "freelist_count") == 0
 
     def test_file_without_auto_vacuum_is_converted_when_compacted(self, path):

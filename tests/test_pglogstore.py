@@ -20,7 +20,6 @@ from tests import test_logstore
 from tests.pgserver import PASSWORD
 from tests.test_logstore import SECRET
 from tests.test_logstore import request
-from tests.test_logstore import sent
 from tests.test_logstore import total
 from tests.test_logstore import wait_for
 
@@ -314,8 +313,8 @@ class TestHostileValues:
     def test_nul_and_broken_utf8_are_stored(self, pg_url):
         store = opened(pg_url, "a")
         body = b"before\x00after \xff\xfe"
-        store.begin(request("r1", request_bytes=len(body), requested_model="a\x00b", path="/v1/\x00"))
-        store.finish("r1", state="completed", **sent(body), response_body=bytearray(b"\x00"))
+        store.begin(request("r1", request_body=body, request_bytes=len(body), requested_model="a\x00b", path="/v1/\x00"))
+        store.finish("r1", state="completed", response_body=bytearray(b"\x00"))
         store.close()
         row = store.get("r1")
         assert (row["request_body"], row["response_body"]) == ("before\ufffdafter \ufffd\ufffd", "\ufffd")
@@ -326,20 +325,25 @@ class TestHostileValues:
 
     def test_secrets_never_reach_the_database(self, pg_url):
         store = opened(pg_url, "a")
-        store.begin(request("r1", path=test_logstore.TestRedaction.PATH, started_at=time.time()))
-        store.finish("r1", state="completed", request_headers=test_logstore.TestRedaction.HEADERS, request_body=b"{}")
+        redaction = test_logstore.TestRedaction
+        store.begin(request("r1", path=redaction.PATH, request_headers=redaction.HEADERS, request_body=b"{}"))
+        store.finish("r1", state="completed", response_body=b"{}")
         store.close()
-        dumped = sql(pg_url, "SELECT r::text FROM requests r UNION ALL SELECT b::text FROM bodies b")
-        assert len(dumped) == 2
+        dumped = sql(
+            pg_url,
+            "SELECT r::text FROM requests r UNION ALL SELECT b::text FROM request_bodies b"
+            " UNION ALL SELECT b::text FROM response_bodies b",
+        )
+        assert len(dumped) == 3
         assert SECRET not in repr(dumped)
 
     def test_big_bodies_are_read_back_whole_and_searched(self, pg_url):
         answer = b"".join(b'data: {"choices": [{"delta": {"content": " word%d"}}]}\n\n' % number for number in range(4000))
         store = opened(pg_url, "a", max_body_bytes=len(answer))
         store.begin(request("r1"))
-        store.finish("r1", state="completed", response_body=answer, **sent())
+        store.finish("r1", state="completed", response_body=answer)
         store.close()
         assert store.get("r1")["response_body"] == answer.decode()
         assert [row["id"] for row in store.logs(q="WORD3999")[0]] == ["r1"]
-        (stored,) = sql(pg_url, "SELECT pg_column_size(response_body) FROM bodies")
+        (stored,) = sql(pg_url, "SELECT pg_column_size(body) FROM response_bodies")
         assert stored[0] < len(answer) / 3, "PostgreSQL compresses it itself"
