@@ -253,6 +253,8 @@ class PostgresDatabase:
         """Every connection: the current schema and a heartbeat; the first: this replica's earlier rows in flight."""
         migrate(conn)
         self._migrated = True
+        if not self._restarted:
+            self._warn_if_alive(conn)
         self._heartbeat(conn)
         if not self._restarted:
             aborted = conn.execute(ABORT_OF_AN_EARLIER_RUN, (ABORTED_ERROR, self.instance)).rowcount
@@ -260,6 +262,19 @@ class PostgresDatabase:
                 logger.info("request log: %d requests of an earlier run of %s marked aborted", aborted, self.instance)
             self._restarted = True
         logger.info("request log: writing to %s as %s", self.where, self.instance)
+
+    def _warn_if_alive(self, conn: psycopg.Connection) -> None:
+        """Two replicas under one name would each take the other's requests for its own crashed ones."""
+        silent = conn.execute(
+            "SELECT extract(epoch FROM now() - heartbeat_at) FROM replicas WHERE name = %s", (self.instance,)
+        ).fetchone()
+        if silent and silent[0] < DEAD_AFTER:
+            logger.warning(
+                "request log: %s sent a heartbeat %.0f s ago; unless that was this replica before a restart, "
+                "give every replica its own INSTANCE_NAME",
+                self.instance,
+                silent[0],
+            )
 
     def disconnect(self) -> None:
         if self._conn is not None:

@@ -177,6 +177,15 @@ class TestReplicas:
         finally:
             restarted.close()
 
+    def test_two_replicas_under_one_name_are_warned_about(self, pg_url, caplog):
+        first = opened(pg_url, "same")
+        wait_for(lambda: sql(pg_url, "SELECT to_regclass('replicas')")[0][0] and sql(pg_url, "SELECT name FROM replicas"))
+        with caplog.at_level(logging.WARNING, logger="pglogstore"):
+            second = opened(pg_url, "same")
+            wait_for(lambda: "give every replica its own INSTANCE_NAME" in caplog.text)
+        first.close()
+        second.close()
+
     def test_a_late_finish_still_completes_an_aborted_row(self, pg_url):
         """A replica cut off from the database for over 30 s writes its queued answers when it returns."""
         a = opened(pg_url, "a")
