@@ -44,29 +44,13 @@ from datetime import timezone
 from pathlib import Path
 from typing import Any
 from typing import Protocol
-from urllib.parse import unquote_plus
 
 from rerouter.answers import answer_text
+from rerouter.redaction import redact_headers
+from rerouter.redaction import redact_path
 
 logger = logging.getLogger(__name__)
 
-REDACTED_HEADERS = frozenset(
-    {
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-        "x-api-key",
-        "api-key",
-        "x-goog-api-key",
-        "ocp-apim-subscription-key",
-        "x-auth-token",
-    }
-)
-"""Headers whose values are never stored (names compared in lower case)."""
-REDACTED_QUERY_PARAMETERS = frozenset({"key", "api_key", "api-key", "access_token", "token"})
-"""Query parameters whose values are never stored in a row's path (names decoded, compared in lower case)."""
-REDACTED = "[redacted]"
 TRUNCATED = "…[truncated"
 """The start of the marker after a cut body; the whole marker is f"\\n{TRUNCATED}: {total} bytes in total]"."""
 ABORTED_ERROR = "proxy stopped before the request finished"
@@ -80,6 +64,10 @@ MAX_INFLIGHT_ELSEWHERE = 1000
 """Other replicas' requests listed at most by /api/inflight."""
 BUSY_TIMEOUT = 1.0
 """Seconds to wait for a lock: a locked database fails fast and the writer's retry takes over."""
+READ_TIME_LIMIT = 5.0
+"""Seconds a read may take before SQLite stops it (ReadTimeout): a search over a huge log cannot run on and on."""
+PROGRESS_STEPS = 1000
+"""SQLite VM steps between two checks of the read's time limit."""
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
 """Bytes the WAL file is cut back to after a checkpoint, so a burst of big bodies leaves no big file behind."""
 RETRY_FIRST_DELAY = 0.25
@@ -307,6 +295,14 @@ _WAKE = ("wake",)
 """Put by close() so that a writer blocked on an empty queue notices it should stop."""
 
 
+class LogUnavailable(Exception):
+    """The log cannot be read now (the file, the server); the message is safe to show."""
+
+
+class ReadTimeout(LogUnavailable):
+    """A read ran past its time limit and was stopped."""
+
+
 def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
@@ -452,29 +448,8 @@ def unpack(stored: str | bytes | None, compressed: int) -> bytes:
     return zlib.decompress(stored) if compressed else bytes(stored)
 
 
-def redact_headers(headers: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """Secrets are replaced before anything is written: log files get copied around."""
-    return [[name, REDACTED if name.lower() in REDACTED_HEADERS else value] for name, value in headers]
-
-
 def redact_headers_json(headers: str) -> str:
     return json.dumps(redact_headers(json.loads(headers)))
-
-
-def redact_path(path: str) -> str:
-    """
-    The path with the values of REDACTED_QUERY_PARAMETERS masked (`?key=abc&x=1` ->
-    `?key=[redacted]&x=1`); everything else is kept byte for byte.
-    """
-    base, question, query = path.partition("?")
-    if not query:
-        return path
-    parameters = query.split("&")
-    for number, parameter in enumerate(parameters):
-        name, equals, _ = parameter.partition("=")
-        if equals and unquote_plus(name).lower() in REDACTED_QUERY_PARAMETERS:
-            parameters[number] = f"{name}={REDACTED}"
-    return base + question + "&".join(parameters)
 
 
 def iso_utc(epoch: float) -> str:
@@ -531,14 +506,13 @@ class Batch:
         unknown = row.keys() - BEGIN_FIELDS
         if unknown:
             raise TypeError(f"begin() got unknown fields: {', '.join(sorted(unknown))}")
-        insert = self._insert(row)
-        self.inserts.append(insert)
+        self.inserts.append(self._insert(row))
         if any(name in row for name in REQUEST_BODY_FIELDS):
             self.request_bodies.append(
                 (
                     json.dumps(redact_headers(row.get("request_headers") or ())),
                     *self.store_body(cap_body(row.get("request_body"), row.get("request_bytes"), max_body_bytes)),
-                    insert[0],
+                    str(row["id"]),
                 )
             )
 
@@ -566,7 +540,7 @@ class Batch:
             None if (value := fields.get(name)) is None else convert(value) for name, convert in FINISH_CONVERSIONS
         )
         self.updates.append((*columns, str(id)))
-        if "response_body" in fields:
+        if fields.get("response_body") is not None:
             body = cap_body(fields["response_body"], fields.get("response_bytes"), max_body_bytes)
             self.response_bodies.append((*self.store_body(body), str(id)))
 
@@ -592,6 +566,8 @@ class Database(Protocol):
     """Every error of the driver."""
     tick_seconds: float | None
     """How often the writer calls `tick` whatever else it does; None = never."""
+    shared: bool
+    """Whether other proxy processes (replicas) write to it too."""
 
     def prepare(self, cutoff: float) -> None:
         """
@@ -614,13 +590,13 @@ class Database(Protocol):
     def describe(self, error: Exception) -> str:
         """An error's message as it may be shown."""
 
-    def reading(self) -> contextlib.AbstractContextManager[Reader]:
-        """A read connection in one transaction, so that counts and rows agree."""
+    def reading(self, time_limit: float) -> contextlib.AbstractContextManager[Reader]:
+        """A read connection in one transaction, so that counts and rows agree; ReadTimeout past the time limit."""
 
     def search(self, q: str) -> tuple[str, list[Any]]:
         """A WHERE clause and its parameters for the rows whose path or bodies hold `q`, in any letter case."""
 
-    def inflight_elsewhere(self, instance: str | None, limit: int) -> list[tuple]:
+    def inflight_elsewhere(self, instance: str | None, limit: int, time_limit: float) -> list[tuple]:
         """Requests other replicas serve now: id, method, path, models, started_at, instance, bytes so far."""
 
     def close(self) -> None:
@@ -633,6 +609,7 @@ class SqliteDatabase:
     transient = (sqlite3.OperationalError, OSError)
     errors = (sqlite3.Error,)
     tick_seconds = None
+    shared = False
     store_body = staticmethod(pack)
 
     def __init__(self, path: str) -> None:
@@ -698,13 +675,19 @@ class SqliteDatabase:
         return str(error)
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self, time_limit: float) -> Iterator[sqlite3.Connection]:
         """A read-only connection of the call's own."""
         conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        deadline = time.monotonic() + time_limit
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
         try:
             conn.create_function("contains_text", 3, contains_text, deterministic=True)
             conn.execute("BEGIN")
             yield conn
+        except sqlite3.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise ReadTimeout(f"stopped after {time_limit:g} s") from e
+            raise
         finally:
             conn.close()
 
@@ -713,7 +696,7 @@ class SqliteDatabase:
         return text_search(q)
 
     @staticmethod
-    def inflight_elsewhere(instance: str | None, limit: int) -> list[tuple]:
+    def inflight_elsewhere(instance: str | None, limit: int, time_limit: float) -> list[tuple]:
         """None: the file has no other replicas."""
         return []
 
@@ -885,10 +868,6 @@ class Writer:
             logger.warning("request log: %d entries were not written before close() gave up", unwritten)
 
 
-class LogUnavailable(Exception):
-    """The log cannot be read now (the file, the server); the message is safe to show."""
-
-
 def open_database(location: str, instance: str | None, progress: Callable[[], dict[str, int]]) -> Database:
     """A postgresql:// URL is a PostgreSQL database that replicas share; anything else is an SQLite file's path."""
     if location.startswith(("postgresql://", "postgres://")):
@@ -917,6 +896,7 @@ class LogStore:
         queue_size: int = 10000,
         instance: str | None = None,
         progress: Callable[[], dict[str, int]] = dict,
+        read_time_limit: float = READ_TIME_LIMIT,
     ) -> None:
         if max_age_days <= 0:
             raise ValueError(f"max_age_days must be positive, got {max_age_days}")
@@ -928,11 +908,17 @@ class LogStore:
         self.database = open_database(location, instance, progress)
         self.max_age_seconds = max_age_days * SECONDS_PER_DAY
         self._writer = Writer(self.database, max_body_bytes, self.max_age_seconds, queue_size)
+        self.read_time_limit = read_time_limit
 
     @property
     def path(self) -> str:
         """Where the log is, as messages may show it: the file, or the URL with its password masked."""
         return self.database.where
+
+    @property
+    def shared(self) -> bool:
+        """Whether replicas share the log: then some of its requests in flight are theirs."""
+        return self.database.shared
 
     @property
     def failures(self) -> int:
@@ -1001,7 +987,7 @@ class LogStore:
         if now is None:
             now = time.time()
         with self._translated_errors():
-            rows = self.database.inflight_elsewhere(self.instance, MAX_INFLIGHT_ELSEWHERE)
+            rows = self.database.inflight_elsewhere(self.instance, MAX_INFLIGHT_ELSEWHERE, self.read_time_limit)
         return [
             {
                 "id": id,
@@ -1044,7 +1030,7 @@ class LogStore:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Reader]:
-        with self._translated_errors(), self.database.reading() as conn:
+        with self._translated_errors(), self.database.reading(self.read_time_limit) as conn:
             yield conn
 
 

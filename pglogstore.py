@@ -37,6 +37,7 @@ from logstore import INSERT_RESPONSE_BODY
 from logstore import RETENTION_BATCH
 from logstore import UPDATE
 from logstore import Batch
+from logstore import ReadTimeout
 from logstore import iso_utc
 from rerouter.dburl import mask_in
 from rerouter.dburl import masked
@@ -206,6 +207,7 @@ class PostgresDatabase:
     transient = (psycopg.OperationalError, psycopg.InterfaceError)
     errors = (psycopg.Error,)
     tick_seconds = HEARTBEAT_INTERVAL
+    shared = True
 
     def __init__(self, url: str, instance: str | None, progress: Callable[[], dict[str, int]]) -> None:
         self.url = url
@@ -348,7 +350,7 @@ class PostgresDatabase:
     # Any thread's side.
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[Reader]:
+    def reading(self, time_limit: float) -> Iterator[Reader]:
         """A connection kept from an earlier read when there is one, in a read-only snapshot."""
         conn = self._idle_connection() or self._connect(READ_TIMEOUT_MS)
         try:
@@ -356,8 +358,15 @@ class PostgresDatabase:
                 migrate(conn)
                 self._migrated = True
             with conn.transaction():
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                # 0 would mean no limit at all to PostgreSQL
+                limit_ms = max(1, round(time_limit * 1000))
+                conn.execute(
+                    f"SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL statement_timeout = {limit_ms}"
+                )
                 yield Reader(conn)
+        except psycopg.errors.QueryCanceled as e:
+            conn.close()
+            raise ReadTimeout(f"stopped after {time_limit:g} s") from e
         except BaseException:
             conn.close()
             raise
@@ -393,8 +402,8 @@ class PostgresDatabase:
     def store_body(body: bytes | None) -> tuple[str | None, bool]:
         return storable(body), False
 
-    def inflight_elsewhere(self, instance: str | None, limit: int) -> list[tuple]:
-        with self.reading() as reader:
+    def inflight_elsewhere(self, instance: str | None, limit: int, time_limit: float) -> list[tuple]:
+        with self.reading(time_limit) as reader:
             return reader.conn.execute(INFLIGHT_ELSEWHERE, (instance or "", limit)).fetchall()
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ import os
 import sys
 
 from dashboard import Dashboard
+from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.routing import ReverseProxy
@@ -35,7 +36,8 @@ rules = Rules(settings, request_log)
 # anything could send them upstream; routing picks the upstream before the timeout starts; the rules
 # (MODEL_MAP or its file) are in force before the rewrite asks them and records the model names;
 # the think filter wraps the answer's stream before the log, which comes last so it sees the
-# rewritten request and the stream exactly as the client gets it.
+# rewritten request and the stream exactly as the client gets it; then secrets in the path are
+# masked for what mitmdump prints once each flow ends.
 addons = [
     settings,
     Dashboard(settings, request_log, rules),
@@ -45,6 +47,7 @@ addons = [
     ModelRewrite(settings, rules),
     ThinkStrip(settings),
     request_log,
+    PrintedSecrets(),
 ]
 
 USER_FLAGS = {

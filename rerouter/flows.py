@@ -24,6 +24,8 @@ class FlowState:
     The rerouter's record of one flow, kept under `flow.metadata["rerouter"]`.
 
     Who sets what (in the order the addons run):
+    - ReverseProxy: `client_host`, the Host the client sent (mitmproxy's reverse
+      mode replaces it with the upstream's), for the dashboard's Host rule.
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
       DISABLE_THINKING switches it applied), `rule` (the key of the rule that
@@ -39,6 +41,7 @@ class FlowState:
     logstore.FLOW_FIELDS (`row_fields()`) are the row's fields of the same names.
     """
 
+    client_host: str | None = None
     local: bool = False
     requested_model: str | None = None
     routed_model: str | None = None
@@ -103,4 +106,8 @@ def json_object(message: http.Message) -> dict[str, Any] | None:
 
 
 def set_json(message: http.Message, body: dict[str, Any]) -> None:
-    message.content = json.dumps(body, ensure_ascii=False).encode()
+    """Text stays as written, except a lone surrogate (valid JSON, no UTF-8), which stays escaped."""
+    try:
+        message.content = json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        message.content = json.dumps(body).encode()

@@ -19,11 +19,11 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
-from logstore import redact_path
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.framing import LAST_EVENT_WINDOW
 from rerouter.framing import ends_with_last_event
+from rerouter.redaction import redact_path
 from rerouter.routing import is_ollama_path
 from rerouter.routing import listen_port
 from rerouter.settings import Settings

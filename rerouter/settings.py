@@ -8,10 +8,12 @@ silently unloads an addon when a typed option gets a malformed `--set` value.
 """
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 MAX_INSTANCE_NAME = 200
 
 
@@ -99,6 +102,42 @@ def parse_path(text: str) -> str:
     return text
 
 
+MIN_TOKEN_LENGTH = 16
+EXAMPLE_TOKENS = frozenset({"change-me"})
+"""Tokens README.md or compose.yaml showed as examples, now or in an earlier release: anyone could have read them."""
+
+
+def parse_dashboard_token(text: str) -> str:
+    """Empty means no token; the message never repeats the token, which may be close to the real one."""
+    if text.strip().lower() in EXAMPLE_TOKENS:
+        raise ValueError("is an example from the documentation; choose your own (e.g. openssl rand -hex 24)")
+    if text and len(text) < MIN_TOKEN_LENGTH:
+        raise ValueError(
+            f"must be at least {MIN_TOKEN_LENGTH} characters, got {len(text)} (e.g. openssl rand -hex 24)"
+        )
+    return text
+
+
+def parse_hosts(text: str) -> frozenset[str]:
+    """Host names or addresses as `host_name` gives them; `*` stands for any."""
+    hosts = frozenset(host_name(name) for name in text.split(",") if name.strip())
+    for name in hosts:
+        if name != "*" and not HOST_NAME.fullmatch(name) and not is_ip_address(name):
+            raise ValueError(f"expected comma-separated host names or addresses without ports, or *, got {name!r}")
+    return hosts
+
+
+def host_name(text: str) -> str:
+    """A host name as compared: lower case, no trailing dot, an IPv6 address without brackets."""
+    return text.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+
+
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 def parse_instance_name(text: str) -> str:
     name = text.strip()
     if len(name) > MAX_INSTANCE_NAME or not name.isprintable():
@@ -206,9 +245,17 @@ LOG_MAX_BODY_BYTES = Setting(
 DASHBOARD_TOKEN = Setting(
     "DASHBOARD_TOKEN",
     "",
-    str,
+    parse_dashboard_token,
     "When set, the dashboard's data and every local JSON route require this token "
-    "(Authorization: Bearer, or the login form's cookie); proxied traffic is unaffected.",
+    f"(Authorization: Bearer, or the login form's cookie; at least {MIN_TOKEN_LENGTH} characters); "
+    "proxied traffic is unaffected.",
+)
+DASHBOARD_HOSTS = Setting(
+    "DASHBOARD_HOSTS",
+    "",
+    parse_hosts,
+    "Comma-separated host names the dashboard and local JSON routes answer to, besides localhost, "
+    "loopback addresses and LISTEN_HOST (* = any); other Host headers get 403, against DNS rebinding.",
 )
 DATABASE_URL = Setting(
     "DATABASE_URL",
@@ -252,6 +299,7 @@ class Settings:
     max_log_age_days: float = MAX_LOG_AGE_DAYS.field()
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
+    dashboard_hosts: frozenset[str] = DASHBOARD_HOSTS.field()
     database_url: str = DATABASE_URL.field()
     instance_name: str = INSTANCE_NAME.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port

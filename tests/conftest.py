@@ -1,10 +1,11 @@
+import contextlib
 import json
 import os
-from pathlib import Path
 
 import pytest
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
+from mitmproxy.test import taddons
 from mitmproxy.test import tflow
 from mitmproxy.test import tutils
 
@@ -64,6 +65,27 @@ def settings_env(monkeypatch):
     for name in RELEVANT_ENV:
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
+
+
+@contextlib.contextmanager
+def dashboard_addons(settings_env, tmp_path, **env):
+    """The Dashboard with its settings and request log as the script wires them, on a log in tmp_path."""
+    from dashboard import Dashboard
+    from rerouter.requestlog import RequestLog
+    from rerouter.rules import Rules
+    from rerouter.settings import Settings
+
+    settings_env.setenv("DB_PATH", str(tmp_path / "log.db"))
+    for name, value in env.items():
+        settings_env.setenv(name, value)
+    s = Settings()
+    log = RequestLog(s)
+    dash = Dashboard(s, log, Rules(s, log))
+    with taddons.context(s, dash, log) as tctx:
+        start(tctx, s, log)
+        yield dash
+        dash.done()
+        log.done()
 
 
 MODEL_MAP = {

@@ -15,6 +15,7 @@ import pglogstore
 from logstore import ABORTED_ERROR
 from logstore import LogStore
 from logstore import LogUnavailable
+from logstore import ReadTimeout
 from pglogstore import DEAD_ERROR
 from tests import test_logstore
 from tests.pgserver import PASSWORD
@@ -291,6 +292,16 @@ class TestFaults:
         wait_for(lambda: total(store, state="completed") == len(sent), timeout=15)
         store.close()
         assert store.failures > 0 and store.dropped == 0
+
+    def test_reads_have_a_time_limit(self, pg_url):
+        store = opened(pg_url, "a")
+        store.close()
+        sql(pg_url, "INSERT INTO requests (id, started_at, path) SELECT 'r' || n, n, '/v1/x' FROM generate_series(1, 200000) n")
+        store.read_time_limit = 0.001
+        with pytest.raises(ReadTimeout):
+            store.logs(q="ü")
+        store.read_time_limit = 10.0
+        assert total(store, q="/V1/") == 200000, "the connection is usable again"
 
     def test_idle_read_connections_outlive_a_restart(self, pg_server, pg_url):
         store = opened(pg_url, "a")

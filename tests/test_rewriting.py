@@ -141,3 +141,15 @@ class TestModelLists:
         m.response(f)
         assert f.response.headers["content-encoding"] == "gzip"
         assert [e["id"] for e in f.response.json()["data"]] == ["llama3-70b", "gpt-4"]
+
+
+@pytest.mark.parametrize("model", ["gpt-4", "unmapped"])
+def test_a_lone_surrogate_never_stops_the_rewrite(rewrite, model):
+    """Valid JSON that is no valid UTF-8 once decoded: it stays escaped, and the hooks after this one still run."""
+    tctx, s, m = rewrite
+    tctx.configure(s, disable_thinking="true")
+    f = reverse_flow(content=b'{"model": "%s", "messages": [{"role": "user", "content": "\\ud800 \xc3\xbc"}]}' % model.encode())
+    m.request(f)
+    assert b"\\ud800" in f.request.content
+    assert sent(f)["messages"][0]["content"] == "\ud800 \u00fc /no_think"
+    assert sent(f)["model"] == ("llama3-70b" if model == "gpt-4" else model)

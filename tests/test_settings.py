@@ -1,4 +1,6 @@
 import logging
+import re
+from pathlib import Path
 
 import pytest
 from mitmproxy import exceptions
@@ -8,6 +10,8 @@ from rerouter import settings as settings_module
 from rerouter.settings import Settings
 from rerouter.settings import Upstream
 from rerouter.settings import parse_bool
+from rerouter.settings import parse_dashboard_token
+from rerouter.settings import parse_hosts
 from rerouter.settings import parse_port
 from rerouter.settings import parse_positive
 from rerouter.settings import parse_upstream
@@ -140,3 +144,38 @@ class TestSettings:
                 tctx.configure(s, strip_thinking="perhaps")
             assert tctx.options.strip_thinking == "false"
             assert s.strip_thinking is False
+
+
+class TestDashboardToken:
+    @pytest.mark.parametrize("token", ["", "x" * 16, "0123456789abcdef0123456789abcdef"])
+    def test_accepted(self, token):
+        assert parse_dashboard_token(token) == token
+
+    @pytest.mark.parametrize("token, problem", [("s3cret", "at least 16 characters, got 6"), ("change-me", "an example"), ("CHANGE-ME", "an example")])
+    def test_refused_without_repeating_it(self, token, problem):
+        with pytest.raises(ValueError, match=problem) as refused:
+            parse_dashboard_token(token)
+        assert token.lower() not in str(refused.value).lower()
+
+    def test_no_example_in_the_docs_would_start(self):
+        """Every literal token README.md and compose.yaml show must be one the proxy refuses."""
+        root = Path(__file__).resolve().parent.parent
+        text = (root / "README.md").read_text() + (root / "compose.yaml").read_text()
+        literals = [value for value in re.findall(r"DASHBOARD_TOKEN[=:] *['\"]?([^\s'\"`]+)", text) if not value.startswith("$")]
+        for value in literals:
+            with pytest.raises(ValueError):
+                parse_dashboard_token(value)
+
+
+@pytest.mark.parametrize(
+    "text, hosts",
+    [("", frozenset()), ("proxy.lan, 192.168.1.5", {"proxy.lan", "192.168.1.5"}), ("Proxy.LAN.", {"proxy.lan"}), ("[::1],*", {"::1", "*"})],
+)
+def test_parse_hosts(text, hosts):
+    assert parse_hosts(text) == hosts
+
+
+@pytest.mark.parametrize("text", ["proxy.lan:1234", "http://proxy.lan", "a b"])
+def test_parse_hosts_refuses_ports_and_urls(text):
+    with pytest.raises(ValueError, match="without ports"):
+        parse_hosts(text)
