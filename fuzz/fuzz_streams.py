@@ -33,8 +33,12 @@ with atheris.instrument_imports():
     from rerouter.framing import SSEFramer
     from rerouter.thinking import OllamaChunkEditor
     from rerouter.thinking import OpenAIChunkEditor
+    from rerouter.thinking import ANSWER
+    from rerouter.thinking import Reasoning
     from rerouter.thinking import ThinkFilter
-    from rerouter.thinking import strip_response
+    from rerouter.thinking import edit_answer
+    from rerouter.thinking import split_think
+    from rerouter.thinking import starts_inside
     from rerouter.thinking import strip_think
 
 KNOWN = {
@@ -789,7 +793,7 @@ def _filter_stripped(text: str) -> bool:
     think = ThinkFilter()
     think.feed(text)
     think.flush()
-    return think.stripped
+    return think.findings.edited
 
 
 def _splitlines_safe(data: bytes) -> bool:
@@ -892,41 +896,59 @@ def framer_target(fdp) -> None:
 
 def _reference_strip(text: str) -> str:
     """strip_think written differently: whole-text regex search."""
-    open_tag = re.compile("<think>", re.IGNORECASE | re.ASCII)
+    tag = re.compile("<(/?)think>", re.IGNORECASE | re.ASCII)
     close_tag = re.compile("</think>", re.IGNORECASE | re.ASCII)
     out = []
     pos = 0
     while True:
-        start = open_tag.search(text, pos)
+        start = tag.search(text, pos)
         if start is None:
             out.append(text[pos:])
             return "".join(out)
         out.append(text[pos : start.start()])
-        end = close_tag.search(text, start.end())
-        if end is None:
-            return "".join(out)
-        pos = re.compile(r"\s*").match(text, end.end()).end()
+        pos = start.end()
+        if not start.group(1):  # a block, else a lone </think>
+            end = close_tag.search(text, pos)
+            if end is None:
+                return "".join(out)
+            pos = end.end()
+        pos = re.compile(r"\s*").match(text, pos).end()
+
+
+def _merged(pieces: list) -> list:
+    out = []
+    for kind, piece in pieces:
+        if out and out[-1][0] == kind:
+            out[-1] = (kind, out[-1][1] + piece)
+        else:
+            out.append((kind, piece))
+    return out
 
 
 def think_target(fdp) -> None:
     text = fuzz_text(fdp, 16)
+    open_start = fdp.ConsumeBool()
     cuts = sorted({fdp.ConsumeIntInRange(0, len(text)) for _ in range(fdp.ConsumeIntInRange(0, 10))})
     pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     CASE["target"] = "ThinkFilter"
+    CASE["open_start"] = open_start
     CASE["pieces"] = pieces
-    streamed = ThinkFilter()
-    out = "".join(streamed.feed(piece) for piece in pieces) + streamed.flush()
-    whole = strip_think(text)
+    streamed = ThinkFilter(open_start=open_start)
+    out = _merged([piece for chunk in pieces for piece in streamed.feed(chunk)] + streamed.flush())
+    check(all(piece for _, piece in out), "think-empty-piece", f"an empty piece in {out!r}")
+    one = ThinkFilter(open_start=open_start)
+    whole = _merged(one.feed(text) + one.flush())
     check(out == whole, "think-streamed", f"streamed {out!r} != one-shot {whole!r}")
-    reference = _reference_strip(text)
-    check(whole == reference, "think-reference", f"strip_think {whole!r} != reference {reference!r}")
+    check(whole == split_think(text, open_start), "think-split", f"split_think differs from one feed: {whole!r}")
+    if not open_start:
+        reference = _reference_strip(text)
+        answer = "".join(piece for kind, piece in whole if kind == ANSWER)
+        check(answer == reference, "think-reference", f"strip_think {answer!r} != reference {reference!r}")
     check(streamed.idle, "think-idle", "filter not idle after flush")
-    one = ThinkFilter()
-    one.feed(text)
-    one.flush()
-    check(streamed.stripped == one.stripped, "think-stripped", f"stripped {streamed.stripped} != one-shot {one.stripped}")
+    check(streamed.findings == one.findings, "think-findings", f"findings {streamed.findings} != one-shot {one.findings}")
 
-    # strip_response on a complete answer holding the same text
+    # edit_answer on a complete answer holding the same text
+    answer = strip_think(text, open_start or starts_inside(text))
     reasoning = fdp.ConsumeBool()
     body = {
         "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "text": text}, None, "x"],
@@ -936,14 +958,14 @@ def think_target(fdp) -> None:
     if reasoning:
         body["choices"][0]["message"]["reasoning_content"] = "r"
         body["message"]["thinking"] = "t"
-    check(strip_response(fdp.PickValueInList([None, [], "<think>x</think>", 3])) is False, "strip-response", "non-dict body")
+    check(edit_answer(fdp.PickValueInList([None, [], "<think>x</think>", 3]), Reasoning.DROP) is False, "edit-answer", "non-dict body")
     odd = {"choices": [{"message": {"content": 5}, "text": None}], "message": {"content": ["<think>"]}, "response": None}
-    check(strip_response(odd) is False, "strip-response", "non-string fields changed")
-    changed = strip_response(body)
-    check(body["choices"][0]["message"]["content"] == whole, "strip-response", "choices[0].message.content")
-    check(body["choices"][0]["text"] == whole and body["message"]["content"] == whole and body["response"] == whole, "strip-response", "text fields")
-    check(changed == (whole != text or reasoning), "strip-response", f"returned {changed}")
-    check("reasoning_content" not in body["choices"][0]["message"] and "thinking" not in body["message"], "strip-response", "reasoning kept")
+    check(edit_answer(odd, Reasoning.DROP) is False, "edit-answer", "non-string fields changed")
+    changed = edit_answer(body, Reasoning.DROP, open_start)
+    check(body["choices"][0]["message"]["content"] == answer, "edit-answer", "choices[0].message.content")
+    check(body["choices"][0]["text"] == answer and body["message"]["content"] == answer and body["response"] == answer, "edit-answer", "text fields")
+    check(changed == (answer != text or reasoning), "edit-answer", f"returned {changed}")
+    check("reasoning_content" not in body["choices"][0]["message"] and "thinking" not in body["message"], "edit-answer", "reasoning kept")
 
 
 TARGETS = {

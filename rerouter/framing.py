@@ -13,7 +13,7 @@ from typing import Protocol
 
 from rerouter.thinking import DROP
 from rerouter.thinking import KEEP
-from rerouter.thinking import Edit
+from rerouter.thinking import Result
 from rerouter.thinking import may_hold_reasoning
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class ChunkEditor(Protocol):
     @property
     def stripped(self) -> bool: ...
 
-    def edit(self, event: dict) -> Edit: ...
+    def edit(self, event: dict) -> Result: ...
 
     def finish(self) -> list[dict]: ...
 
@@ -193,6 +193,11 @@ class EventStream:
     def stripped(self) -> bool:
         return self.editor.stripped
 
+    @property
+    def editing(self) -> bool:
+        """False once the stream passes through unedited: then its output no longer ends at event boundaries."""
+        return self._editing
+
     def __call__(self, data: bytes) -> list[bytes]:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
         output = b"".join(self._process(data))
@@ -248,6 +253,10 @@ class EventStream:
             pending = []
         return pending + unedited + [self._framer.rest()]
 
+    def _before(self, result: Result) -> list[bytes]:
+        """The events an editor cut from the one it was given, serialised; they go out before it."""
+        return [self._serialise(obj) for obj in result[:-1]] if isinstance(result, list) else []
+
     def _carriers(self) -> list[bytes]:
         """The editor's held-back text, serialised."""
         return [self._serialise(event) for event in self.editor.finish()]
@@ -290,6 +299,7 @@ class SSEStream(EventStream):
             return [event]
         if result is DROP:
             return []
+        before = self._before(result)
         data_line = b"data: " + _dumps(obj)
         rebuilt = []
         for line in lines:
@@ -298,7 +308,7 @@ class SSEStream(EventStream):
             elif data_line:
                 rebuilt.append(data_line)
                 data_line = b""
-        return [self._newline.join(rebuilt) + event[len(body) :]]
+        return [*before, self._newline.join(rebuilt) + event[len(body) :]]
 
     def _serialise(self, obj: dict) -> bytes:
         return b"data: " + _dumps(obj) + self._newline * 2
@@ -332,7 +342,7 @@ class NDJSONStream(EventStream):
             return [line]
         if result is DROP:
             return []
-        return [_dumps(obj) + line[len(content) :]]
+        return [*self._before(result), _dumps(obj) + line[len(content) :]]
 
     def _serialise(self, obj: dict) -> bytes:
         return _dumps(obj) + b"\n"

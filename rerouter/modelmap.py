@@ -3,14 +3,16 @@ Model-name rewriting and the request-side edits that go with it.
 
 Pure logic with no mitmproxy import: `ModelMap` decides what a requested model
 is routed to and explains why, its `Rule`s also edit the request's body,
-`append_no_think` asks a model not to think, `add_aliases` makes aliases
-visible in the upstream's model lists.
+`switch_thinking_off` asks a model not to think in the ways its server honours,
+`add_aliases` makes aliases visible in the upstream's model lists.
 """
 
 import copy
 import json
 import math
 import re
+from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from dataclasses import field
 from typing import Any
@@ -228,32 +230,46 @@ def parse_pattern(key: str) -> re.Pattern[str] | None:
     return None
 
 
-def append_no_think(body: dict[str, Any]) -> bool:
-    """
-    Append ` /no_think` to the last user message (chat) or to `prompt` (completions).
+class ModelSelector:
+    """One exact model name, or a `/regex/` (`/regex/i`) matched with `re.search`; empty selects no model."""
 
-    Returns whether the body changed; text that already ends with it is left alone.
-    """
+    def __init__(self, text: str = "") -> None:
+        self.text = text.strip()
+        self._pattern = parse_pattern(self.text)
+
+    def __bool__(self) -> bool:
+        return bool(self.text)
+
+    def matches(self, model: str | None) -> bool:
+        if not self.text or model is None:
+            return False
+        if self._pattern is None:
+            return model == self.text
+        return self._pattern.search(model) is not None
+
+
+def _no_think_target(body: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
+    """Where ` /no_think` goes: the last user message's text, or the prompt."""
     messages = body.get("messages")
     if isinstance(messages, list):
         for message in reversed(messages):
             if isinstance(message, dict) and message.get("role") == "user":
-                return _append_to_content(message)
-        return False
+                return _content_target(message)
+        return None
     if isinstance(body.get("prompt"), str):
-        return _append_to_field(body, "prompt")
-    return False
+        return body, "prompt"
+    return None
 
 
-def _append_to_content(message: dict[str, Any]) -> bool:
+def _content_target(message: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
     content = message.get("content")
     if isinstance(content, str):
-        return _append_to_field(message, "content")
+        return message, "content"
     if isinstance(content, list):
         for part in reversed(content):
             if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                return _append_to_field(part, "text")
-    return False
+                return part, "text"
+    return None
 
 
 def _append_to_field(holder: dict[str, Any], field: str) -> bool:
@@ -262,6 +278,87 @@ def _append_to_field(holder: dict[str, Any], field: str) -> bool:
         return False
     holder[field] = f"{text} {NO_THINK}"
     return True
+
+
+OLLAMA = "ollama"
+CHAT = "chat"
+COMPLETIONS = "completions"
+_OLLAMA_THINKING_PATHS = ("/api/chat", "/api/generate")
+
+
+def request_api(path: str) -> str | None:
+    """Which API a request path speaks, as far as the thinking switches care: OLLAMA, CHAT, COMPLETIONS or None."""
+    path = path.split("?", 1)[0].rstrip("/")
+    if path.startswith("/api/"):
+        return OLLAMA if path in _OLLAMA_THINKING_PATHS else None
+    if path.endswith("/chat/completions"):
+        return CHAT
+    if path.endswith("/completions"):
+        return COMPLETIONS
+    return None
+
+
+def _no_think(body: dict[str, Any], api: str | None) -> bool | None:
+    """` /no_think` after the last user message (chat) or the prompt (completions), once."""
+    target = _no_think_target(body)
+    return None if target is None else _append_to_field(*target)
+
+
+def _think_false(body: dict[str, Any], api: str | None) -> bool | None:
+    if api != OLLAMA:
+        return None
+    changed = body.get("think") is not False
+    body["think"] = False
+    return changed
+
+
+def _enable_thinking(body: dict[str, Any], api: str | None) -> bool | None:
+    if api not in (CHAT, COMPLETIONS):
+        return None
+    kwargs = body.get("chat_template_kwargs")
+    if isinstance(kwargs, dict) and kwargs.get("enable_thinking") is False:
+        return False
+    body["chat_template_kwargs"] = {**kwargs, "enable_thinking": False} if isinstance(kwargs, dict) else {"enable_thinking": False}
+    return True
+
+
+def _reasoning_effort(body: dict[str, Any], api: str | None) -> bool | None:
+    """`reasoning_effort`, and the effort of a `reasoning` object the client sent: the same setting, spelt twice."""
+    if api != CHAT:
+        return None
+    changed = body.get("reasoning_effort") != "none"
+    body["reasoning_effort"] = "none"
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and "effort" in reasoning and reasoning["effort"] != "none":
+        reasoning["effort"] = "none"
+        changed = True
+    return changed
+
+
+# name -> switch: None when it does not fit the request, else whether it changed the body
+_SWITCHES: dict[str, Callable[[dict[str, Any], str | None], bool | None]] = {
+    "no_think": _no_think,
+    "think_false": _think_false,
+    "enable_thinking": _enable_thinking,
+    "reasoning_effort": _reasoning_effort,
+}
+THINKING_SWITCHES = tuple(_SWITCHES)
+
+
+def switch_thinking_off(body: dict[str, Any], switches: Iterable[str], path: str) -> tuple[list[str], bool]:
+    """
+    Applies each of the named switches that fits the request at `path`; the proxy's value
+    wins over the client's. Returns the names applied and whether the body changed.
+    """
+    api = request_api(path)
+    applied = []
+    changed = False
+    for name in switches:
+        result = _SWITCHES[name](body, api)
+        if result is not None:
+            applied.append(name)
+            changed |= result
+    return applied, changed
 
 
 def add_aliases(listing: Any, aliases: dict[str, str]) -> bool:

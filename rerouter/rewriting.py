@@ -1,5 +1,5 @@
 """
-Request rewriting: model names, ` /no_think`, and aliases in the upstream's model lists.
+Request rewriting: model names, thinking switched off, and aliases in the upstream's model lists.
 """
 
 import logging
@@ -12,7 +12,7 @@ from rerouter.flows import json_object
 from rerouter.flows import set_json
 from rerouter.flows import flow_state
 from rerouter.modelmap import add_aliases
-from rerouter.modelmap import append_no_think
+from rerouter.modelmap import switch_thinking_off
 from rerouter.rules import Rules
 from rerouter.settings import Settings
 
@@ -30,9 +30,9 @@ class ModelRewrite:
     def request(self, flow: http.HTTPFlow) -> None:
         if not is_proxied(flow) or flow.request.method not in BODY_METHODS:
             return
-        model_map, no_think = self.rules.model_map, self.settings.disable_thinking
-        if not (model_map or no_think or self.settings.enable_logging):
-            return  # nothing to change, and no log that wants to know the model
+        model_map, switches = self.rules.model_map, self.settings.disable_thinking
+        if not (model_map or switches or self.settings.enable_logging or self.settings.think_open_models):
+            return  # nothing to change, and nobody who wants to know the model
         body = json_object(flow.request)
         if body is None:
             return
@@ -53,9 +53,12 @@ class ModelRewrite:
                 if edits:
                     annotate(flow, edits)
                     changed = True
-        if no_think and append_no_think(body):
-            annotate(flow, "/no_think appended")
-            changed = True
+        if switches:
+            applied, switched = switch_thinking_off(body, switches, flow.request.path)
+            if applied:
+                flow_state(flow).thinking_switches = tuple(applied)
+                annotate(flow, f"thinking off: {', '.join(applied)}")
+                changed |= switched
         if changed:
             set_json(flow.request, body)
 

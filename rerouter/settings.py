@@ -24,7 +24,10 @@ from mitmproxy import ctx
 from mitmproxy import exceptions
 
 from rerouter.dburl import parse_database_url
+from rerouter.modelmap import THINKING_SWITCHES
 from rerouter.modelmap import ModelMap
+from rerouter.modelmap import ModelSelector
+from rerouter.thinking import Reasoning
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,10 @@ def parse_positive(text: str) -> float:
     return parse_number(text, float, lambda number: math.isfinite(number) and number > 0, "a positive number")
 
 
+def parse_seconds(text: str) -> float:
+    return parse_number(text, float, lambda number: math.isfinite(number) and number >= 0, "a number of seconds (0 = off)")
+
+
 def parse_size(text: str) -> int:
     return parse_number(text, int, lambda size: size >= 0, "a number of bytes")
 
@@ -100,6 +107,29 @@ def parse_path(text: str) -> str:
     if not text.strip():
         raise ValueError("expected a file path")
     return text
+
+
+def parse_reasoning(text: str) -> Reasoning:
+    if text.strip().lower() == Reasoning.SEPARATE.value:
+        return Reasoning.SEPARATE
+    try:
+        return Reasoning.DROP if parse_bool(text) else Reasoning.KEEP
+    except ValueError:
+        raise ValueError(f"expected true, false or separate, got {text!r}") from None
+
+
+def parse_switches(text: str) -> tuple[str, ...]:
+    """false, true (the seed's ` /no_think`), or a comma-separated list of switch names."""
+    word = text.strip().lower()
+    if word in _TRUE:
+        return ("no_think",)
+    if word in _FALSE or not word:
+        return ()
+    names = [name.strip() for name in word.split(",")]
+    unknown = [name for name in names if name not in THINKING_SWITCHES]
+    if unknown:
+        raise ValueError(f"unknown switch {unknown[0]!r}: expected false, true or a comma-separated list of {', '.join(THINKING_SWITCHES)}")
+    return tuple(dict.fromkeys(names))
 
 
 MIN_TOKEN_LENGTH = 16
@@ -207,14 +237,37 @@ MODEL_MAP_FILE = Setting(
 STRIP_THINKING = Setting(
     "STRIP_THINKING",
     "true",
-    parse_bool,
-    "Remove <think>...</think> blocks and separated reasoning from answers, also in streams.",
+    parse_reasoning,
+    "true: remove <think>...</think> blocks and separated reasoning from answers, also in streams; "
+    "separate: move them into reasoning_content (OpenAI) or thinking (Ollama); false: leave answers alone.",
+)
+THINK_OPEN_MODELS = Setting(
+    "THINK_OPEN_MODELS",
+    "",
+    ModelSelector,
+    "Models whose answers start inside a think block (the chat template opens it): one exact name, "
+    "/regex/ or /regex/i, matched with re.search on the routed model; their text is withheld until </think>.",
 )
 DISABLE_THINKING = Setting(
     "DISABLE_THINKING",
     "false",
+    parse_switches,
+    "false, true (= no_think), or a comma-separated list of switches, each applied to the requests it fits: "
+    "no_think (' /no_think' appended), think_false (Ollama /api/chat, /api/generate), "
+    "enable_thinking (chat_template_kwargs, OpenAI-style chat and completions), reasoning_effort ('none', OpenAI-style chat).",
+)
+THINK_KEEPALIVE_SECONDS = Setting(
+    "THINK_KEEPALIVE_SECONDS",
+    "10",
+    parse_seconds,
+    "Send an SSE comment ': keep-alive' when nothing has gone to the client for this long "
+    "because reasoning is withheld; 0 = off.",
+)
+ECHO_REQUESTED_MODEL = Setting(
+    "ECHO_REQUESTED_MODEL",
+    "false",
     parse_bool,
-    "Append ' /no_think' to the last user message or prompt.",
+    "Answers to rewritten requests name the model the client asked for (JSON, every SSE event and NDJSON line).",
 )
 REQUEST_TIMEOUT = Setting(
     "REQUEST_TIMEOUT",
@@ -291,8 +344,11 @@ class Settings:
     ollama_upstream_url: Upstream = OLLAMA_UPSTREAM_URL.field()
     model_map: ModelMap = MODEL_MAP.field()
     model_map_file: str = MODEL_MAP_FILE.field()
-    strip_thinking: bool = STRIP_THINKING.field()
-    disable_thinking: bool = DISABLE_THINKING.field()
+    strip_thinking: Reasoning = STRIP_THINKING.field()
+    think_open_models: ModelSelector = THINK_OPEN_MODELS.field()
+    disable_thinking: tuple[str, ...] = DISABLE_THINKING.field()
+    think_keepalive_seconds: float = THINK_KEEPALIVE_SECONDS.field()
+    echo_requested_model: bool = ECHO_REQUESTED_MODEL.field()
     request_timeout: float = REQUEST_TIMEOUT.field()
     enable_logging: bool = ENABLE_LOGGING.field()
     db_path: str = DB_PATH.field()

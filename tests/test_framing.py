@@ -15,9 +15,13 @@ from rerouter.framing import SSEFramer
 from rerouter.framing import ends_with_last_event
 from rerouter.framing import supports_encoding
 from tests.conftest import chat_chunk
+from rerouter.thinking import ANSWER
 from rerouter.thinking import KEEP
+from rerouter.thinking import REASONING
 from rerouter.thinking import OllamaChunkEditor
 from rerouter.thinking import OpenAIChunkEditor
+from rerouter.thinking import Reasoning
+from rerouter.thinking import split_think
 from rerouter.thinking import strip_think
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
@@ -314,8 +318,16 @@ byte_chunks = st.lists(st.integers(1, 50), min_size=1, max_size=12) | st.just([1
 
 class TestWholeStreams:
     @settings(max_examples=150, deadline=None)
-    @given(st.lists(answers, min_size=1, max_size=2), byte_chunks, st.booleans(), st.sampled_from(["\n", "\r\n"]), st.data())
-    def test_openai(self, texts, sizes, with_usage, newline, data):
+    @given(
+        st.lists(answers, min_size=1, max_size=2),
+        byte_chunks,
+        st.booleans(),
+        st.sampled_from(["\n", "\r\n"]),
+        st.sampled_from([Reasoning.DROP, Reasoning.SEPARATE]),
+        st.booleans(),
+        st.data(),
+    )
+    def test_openai(self, texts, sizes, with_usage, newline, reasoning, open_start, data):
         tokens = interleave(data, [tokens_of(data, text) for text in texts])
         choices = range(len(texts))
         body = b"".join(sse(chat_chunk("", index=index, role="assistant"), newline) for index in choices)
@@ -325,21 +337,22 @@ class TestWholeStreams:
             body += sse({"id": "chatcmpl-1", "choices": [], "usage": {"total_tokens": 5}}, newline)
         body += sse("[DONE]", newline)
 
-        output = run(EventStream.sse(OpenAIChunkEditor()), chunked(body, sizes))
+        output = run(EventStream.sse(OpenAIChunkEditor(reasoning, open_start)), chunked(body, sizes))
 
         events = parse_sse(b"".join(output))
         assert events[-1] == [b"[DONE]"]
         chunks = [json.loads(data[0]) for data in events[:-1]]
         for index in choices:
             mine = [chunk["choices"][0] for chunk in chunks if chunk["choices"] and chunk["choices"][0]["index"] == index]
-            assert "".join(choice["delta"].get("content") or "" for choice in mine) == strip_think(texts[index])
+            assert delivered(choice["delta"] for choice in mine) == one_shot(texts[index], reasoning, open_start)
+            assert mine[0]["delta"].get("role") == "assistant"
             assert [choice["delta"].get("role") for choice in mine].count("assistant") == 1
             assert [choice["finish_reason"] for choice in mine].count("stop") == 1
         assert sum("usage" in chunk for chunk in chunks) == with_usage
 
     @settings(max_examples=150, deadline=None)
-    @given(answers, byte_chunks, st.sampled_from(["chat", "generate"]), st.data())
-    def test_ollama(self, text, sizes, api, data):
+    @given(answers, byte_chunks, st.sampled_from(["chat", "generate"]), st.sampled_from([Reasoning.DROP, Reasoning.SEPARATE]), st.booleans(), st.data())
+    def test_ollama(self, text, sizes, api, reasoning, open_start, data):
         def line(token: str, done: bool) -> bytes:
             if api == "chat":
                 obj = {"model": "qwen3", "message": {"role": "assistant", "content": token}, "done": done}
@@ -349,16 +362,43 @@ class TestWholeStreams:
 
         body = b"".join(line(token, False) for token in tokens_of(data, text)) + line("", True)
 
-        output = run(EventStream.ndjson(OllamaChunkEditor()), chunked(body, sizes))
+        output = run(EventStream.ndjson(OllamaChunkEditor(reasoning, open_start)), chunked(body, sizes))
 
         objects = parse_ndjson(b"".join(output))
-        if api == "chat":
-            content = "".join(obj["message"]["content"] for obj in objects)
-        else:
-            content = "".join(obj["response"] for obj in objects)
-        assert content == strip_think(text)
+        holders = [obj["message"] for obj in objects] if api == "chat" else objects
+        assert delivered(holders, "response" if api == "generate" else "content", "thinking") == one_shot(text, reasoning, open_start)
         assert [obj["done"] for obj in objects].count(True) == 1
         assert objects[-1]["done"]
+
+    @settings(max_examples=50, deadline=None)
+    @given(answers, byte_chunks, st.data())
+    def test_echo(self, text, sizes, data):
+        body = sse(chat_chunk("", role="assistant")) + b"".join(sse(chat_chunk(token)) for token in tokens_of(data, text)) + sse("[DONE]")
+        editor = OpenAIChunkEditor(echo="gpt-4")
+        objects = parse_sse(b"".join(run(EventStream.sse(editor), chunked(body, sizes))))
+        assert all(json.loads(event[0])["model"] == "gpt-4" for event in objects[:-1])
+        assert editor.findings.model == "qwen3"
+
+
+def delivered(holders, text_key: str = "content", reasoning_key: str = "reasoning_content") -> list[tuple[str, str]]:
+    """The answer's pieces in the order the client received them, adjacent pieces of one kind merged."""
+    pieces: list[tuple[str, str]] = []
+    for holder in holders:
+        for kind, key in ((REASONING, reasoning_key), (ANSWER, text_key)):
+            text = holder.get(key) or ""
+            if text and pieces and pieces[-1][0] == kind:
+                pieces[-1] = (kind, pieces[-1][1] + text)
+            elif text:
+                pieces.append((kind, text))
+    return pieces
+
+
+def one_shot(text: str, reasoning: Reasoning, open_start: bool) -> list[tuple[str, str]]:
+    """What the whole text gives in one go, as the client gets it."""
+    if reasoning is Reasoning.SEPARATE:
+        return split_think(text, open_start)
+    answer = strip_think(text, open_start)
+    return [(ANSWER, answer)] if answer else []
 
 
 def test_fast_path_skips_parsing():
@@ -370,9 +410,9 @@ def test_fast_path_skips_parsing():
             return super().edit(event)
 
     editor = Counting()
-    stream = sse(chat_chunk("plain")) + sse(chat_chunk("a < b")) + b"data: " + go_json(chat_chunk("a > b")) + b"\n\n"
+    stream = sse(chat_chunk("plain")) + sse(chat_chunk("more")) + sse(chat_chunk("a < b")) + b"data: " + go_json(chat_chunk("a > b")) + b"\n\n"
     run(EventStream.sse(editor), [stream])
-    assert editor.edits == 1
+    assert editor.edits == 2  # the first, which names the model, and the one that may hold a tag
     assert editor.edit(chat_chunk("x")) is KEEP
 
 

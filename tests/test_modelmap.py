@@ -1,8 +1,12 @@
+import copy
+
 import pytest
 
+from rerouter.modelmap import THINKING_SWITCHES
 from rerouter.modelmap import ModelMap
+from rerouter.modelmap import ModelSelector
 from rerouter.modelmap import add_aliases
-from rerouter.modelmap import append_no_think
+from rerouter.modelmap import switch_thinking_off
 
 
 def mm(mapping: dict) -> ModelMap:
@@ -152,30 +156,36 @@ class TestRules:
         ]
 
 
+def no_think(body: dict, path: str = "/v1/chat/completions") -> bool:
+    applied, changed = switch_thinking_off(body, ["no_think"], path)
+    assert changed <= bool(applied)
+    return changed
+
+
 class TestNoThink:
     def test_last_user_message_string(self):
         body = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]}
-        assert append_no_think(body)
+        assert no_think(body)
         assert body["messages"][0]["content"] == "a"
         assert body["messages"][2]["content"] == "c /no_think"
 
     def test_user_message_before_trailing_assistant(self):
         body = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "prefill"}]}
-        assert append_no_think(body)
+        assert no_think(body)
         assert body["messages"][0]["content"] == "q /no_think"
 
     def test_content_parts_last_text_part(self):
         parts = [{"type": "text", "text": "one"}, {"type": "image_url", "image_url": {"url": "x"}}, {"type": "text", "text": "two"}, {"type": "image_url"}]
         body = {"messages": [{"role": "user", "content": parts}]}
-        assert append_no_think(body)
+        assert no_think(body)
         assert [p.get("text") for p in parts] == ["one", None, "two /no_think", None]
 
     def test_once_only(self):
         body = {"messages": [{"role": "user", "content": "hi /no_think"}]}
-        assert not append_no_think(body)
+        assert switch_thinking_off(body, ["no_think"], "/v1/chat/completions") == (["no_think"], False)
         assert body["messages"][0]["content"] == "hi /no_think"
         body = {"prompt": "x"}
-        assert append_no_think(body) and not append_no_think(body)
+        assert no_think(body, "/api/generate") and not no_think(body, "/api/generate")
         assert body["prompt"] == "x /no_think"
 
     @pytest.mark.parametrize(
@@ -183,7 +193,100 @@ class TestNoThink:
         [{}, {"messages": []}, {"messages": [{"role": "system", "content": "s"}]}, {"prompt": ["list"]}, {"messages": [{"role": "user", "content": None}]}, {"input": "responses api"}],
     )
     def test_nothing_to_append_to(self, body):
-        assert not append_no_think(body)
+        assert switch_thinking_off(body, ["no_think"], "/v1/chat/completions") == ([], False)
+
+
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+PROMPT = {"model": "m", "prompt": "hi"}
+
+
+class TestSwitches:
+    @pytest.mark.parametrize(
+        "path, body, applied",
+        [
+            ("/api/chat", CHAT, ["no_think", "think_false"]),
+            ("/api/generate", PROMPT, ["no_think", "think_false"]),
+            ("/v1/chat/completions", CHAT, ["no_think", "enable_thinking", "reasoning_effort"]),
+            ("/v1/completions", PROMPT, ["no_think", "enable_thinking"]),
+            ("/openai/v1/chat/completions/?x=1", CHAT, ["no_think", "enable_thinking", "reasoning_effort"]),
+            ("/v1/embeddings", {"model": "m", "input": "hi"}, []),
+            ("/api/embed", {"model": "m", "input": "hi"}, []),
+            ("/api/show", {"model": "m"}, []),
+            ("/v1/responses", {"model": "m", "input": "hi"}, []),
+        ],
+    )
+    def test_each_applied_where_it_fits(self, path, body, applied):
+        body = copy.deepcopy(body)
+        assert switch_thinking_off(body, THINKING_SWITCHES, path) == (applied, bool(applied))
+        assert ("think" in body) == ("think_false" in applied)
+        assert ("chat_template_kwargs" in body) == ("enable_thinking" in applied)
+        assert ("reasoning_effort" in body) == ("reasoning_effort" in applied)
+
+    def test_values(self):
+        chat = copy.deepcopy(CHAT)
+        switch_thinking_off(chat, THINKING_SWITCHES, "/v1/chat/completions")
+        assert chat["chat_template_kwargs"] == {"enable_thinking": False}
+        assert chat["reasoning_effort"] == "none"
+        assert chat["messages"][0]["content"] == "hi /no_think"
+        ollama = copy.deepcopy(CHAT)
+        switch_thinking_off(ollama, ["think_false"], "/api/chat")
+        assert ollama == {**CHAT, "think": False}
+
+    def test_the_proxy_wins(self):
+        body = {
+            **CHAT,
+            "think": True,
+            "chat_template_kwargs": {"enable_thinking": True, "other": 1},
+            "reasoning_effort": "high",
+            "reasoning": {"effort": "high", "summary": "auto"},
+        }
+        assert switch_thinking_off(body, ["enable_thinking", "reasoning_effort"], "/v1/chat/completions") == (["enable_thinking", "reasoning_effort"], True)
+        assert body["chat_template_kwargs"] == {"enable_thinking": False, "other": 1}
+        assert body["reasoning_effort"] == "none"
+        assert body["reasoning"] == {"effort": "none", "summary": "auto"}
+        assert switch_thinking_off(body, ["think_false"], "/api/chat") == (["think_false"], True)
+        assert body["think"] is False
+
+    @pytest.mark.parametrize("kwargs", [None, "x", ["enable_thinking"], 3])
+    def test_odd_template_kwargs_replaced(self, kwargs):
+        body = {**PROMPT, "chat_template_kwargs": kwargs}
+        assert switch_thinking_off(body, ["enable_thinking"], "/v1/completions") == (["enable_thinking"], True)
+        assert body["chat_template_kwargs"] == {"enable_thinking": False}
+
+    def test_already_off_is_applied_without_change(self):
+        body = {**CHAT, "think": False, "chat_template_kwargs": {"enable_thinking": False}, "reasoning_effort": "none"}
+        original = copy.deepcopy(body)
+        assert switch_thinking_off(body, ["think_false"], "/api/chat") == (["think_false"], False)
+        assert switch_thinking_off(body, ["enable_thinking", "reasoning_effort"], "/v1/chat/completions") == (["enable_thinking", "reasoning_effort"], False)
+        assert body == original
+
+
+class TestModelSelector:
+    @pytest.mark.parametrize(
+        "text, model, selected",
+        [
+            ("qwq-32b", "qwq-32b", True),
+            ("qwq-32b", "qwq-32b-q4", False),
+            ("  qwq-32b ", "qwq-32b", True),
+            ("/qwq/", "hf/qwq-32b", True),
+            ("/^qwq/", "hf/qwq-32b", False),
+            ("/QwQ/", "qwq", False),
+            ("/QwQ/i", "qwq", True),
+            ("/deepseek-r1|qwen3.*thinking/i", "Qwen3-30B-A3B-Thinking-2507", True),
+            ("", "anything", False),
+            ("/x/", None, False),
+        ],
+    )
+    def test_matches(self, text, model, selected):
+        assert ModelSelector(text).matches(model) is selected
+
+    def test_bad_regex(self):
+        with pytest.raises(ValueError, match="invalid regex"):
+            ModelSelector("/(/")
+
+    def test_empty_is_false(self):
+        assert not ModelSelector("")
+        assert ModelSelector("m")
 
 
 class TestAliases:

@@ -3,6 +3,7 @@ import json
 import pytest
 from mitmproxy.test import taddons
 
+from rerouter.flows import flow_state
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
 from rerouter.rules import Rules
@@ -92,10 +93,55 @@ class TestModelRewrite:
         f = reverse_flow(body={"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]})
         m.request(f)
         assert sent(f)["messages"][0]["content"] == "hi /no_think"
-        assert f.comment == "model: gpt-4 -> llama3-70b; /no_think appended"
+        assert f.comment == "model: gpt-4 -> llama3-70b; thinking off: no_think"
+        assert flow_state(f).thinking_switches == ("no_think",)
         g = reverse_flow("/api/generate", {"model": "x", "prompt": "why"})
         m.request(g)
         assert sent(g)["prompt"] == "why /no_think"
+
+    @pytest.mark.parametrize(
+        "path, body, applied",
+        [
+            ("/api/chat", {"model": "x", "messages": [{"role": "user", "content": "hi"}], "think": True}, ("think_false",)),
+            ("/api/generate", {"model": "x", "prompt": "hi"}, ("think_false",)),
+            ("/v1/chat/completions", {"model": "x", "messages": [{"role": "user", "content": "hi"}]}, ("enable_thinking", "reasoning_effort")),
+            ("/v1/completions", {"model": "x", "prompt": "hi"}, ("enable_thinking",)),
+        ],
+    )
+    def test_switches_applied_where_they_fit(self, rewrite, path, body, applied):
+        tctx, s, m = rewrite
+        tctx.configure(s, disable_thinking="think_false,enable_thinking,reasoning_effort")
+        f = reverse_flow(path, body)
+        m.request(f)
+        assert flow_state(f).thinking_switches == applied
+        assert f.comment == f"thinking off: {', '.join(applied)}"
+        upstream = sent(f)
+        assert upstream.get("think", False) is False
+        if "enable_thinking" in applied:
+            assert upstream["chat_template_kwargs"] == {"enable_thinking": False}
+        assert upstream.get("reasoning_effort") == ("none" if "reasoning_effort" in applied else None)
+
+    def test_switch_that_fits_nothing(self, rewrite):
+        tctx, s, m = rewrite
+        tctx.configure(s, disable_thinking="think_false")
+        raw = b'{"model": "unmapped", "input": "x"}'
+        f = reverse_flow("/v1/embeddings", content=raw)
+        m.request(f)
+        assert f.request.content == raw
+        assert flow_state(f).thinking_switches == ()
+        assert not f.comment
+
+    def test_routed_model_recorded_for_think_open_models(self, settings_env):
+        settings_env.setenv("ENABLE_LOGGING", "false")
+        settings_env.setenv("THINK_OPEN_MODELS", "/qwq/")
+        s = Settings()
+        r = Rules(s, RequestLog(s))
+        m = ModelRewrite(s, r)
+        with taddons.context(s, r, m) as tctx:
+            start(tctx, s, r)
+            f = reverse_flow(body={"model": "qwq-32b"})
+            m.request(f)
+            assert flow_state(f).routed_model == "qwq-32b"
 
     def test_no_think_off_by_default(self, rewrite):
         tctx, s, m = rewrite

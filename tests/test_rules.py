@@ -230,7 +230,7 @@ class TestRulesAddon:
                 "options": {"seed": 1, "num_ctx": 8192},
                 "think": False,
             }
-            assert flow.comment == "model: claude-haiku -> qwen3-haiku; set options.num_ctx=8192, think=false; dropped logprobs; /no_think appended"
+            assert flow.comment == "model: claude-haiku -> qwen3-haiku; set options.num_ctx=8192, think=false; dropped logprobs; thinking off: no_think"
             assert flow_state(flow).rule == r"/^claude-(\w+)/i"
             assert rules.describe()["source"] == "file" and rules.describe()["path"] == str(path)
             assert [rule["hits"] for rule in rules.describe()["rules"]] == [0, 1, 0]

@@ -208,7 +208,7 @@ def test_mitmweb_comment_says_what_was_set_and_dropped(params_proxy):
     openai_client(params_proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], logprobs=True)
     expected = (
         "model: gpt-4 -> llama3-70b; set temperature=0.2, chat_template_kwargs={\"enable_thinking\":false}; "
-        "dropped logprobs; /no_think appended; thinking stripped"
+        "dropped logprobs; thinking off: no_think; thinking stripped; reasoned although thinking was off"
     )
 
     def comments() -> list[str]:

@@ -14,7 +14,11 @@ from rerouter.settings import parse_dashboard_token
 from rerouter.settings import parse_hosts
 from rerouter.settings import parse_port
 from rerouter.settings import parse_positive
+from rerouter.settings import parse_reasoning
+from rerouter.settings import parse_seconds
+from rerouter.settings import parse_switches
 from rerouter.settings import parse_upstream
+from rerouter.thinking import Reasoning
 from tests.conftest import start
 
 
@@ -85,6 +89,71 @@ def test_parse_port_refuses(text):
         parse_port(text)
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [("true", Reasoning.DROP), ("YES", Reasoning.DROP), ("0", Reasoning.KEEP), ("off", Reasoning.KEEP), (" Separate ", Reasoning.SEPARATE)],
+)
+def test_parse_reasoning(text, expected):
+    assert parse_reasoning(text) is expected
+
+
+def test_parse_reasoning_refuses():
+    with pytest.raises(ValueError, match="expected true, false or separate, got 'move'"):
+        parse_reasoning("move")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("false", ()),
+        ("", ()),
+        ("no", ()),
+        ("true", ("no_think",)),
+        ("1", ("no_think",)),
+        ("think_false", ("think_false",)),
+        (" Enable_Thinking , reasoning_effort,think_false ", ("enable_thinking", "reasoning_effort", "think_false")),
+        ("no_think,no_think", ("no_think",)),
+    ],
+)
+def test_parse_switches(text, expected):
+    assert parse_switches(text) == expected
+
+
+@pytest.mark.parametrize("text", ["think_off", "no_think,", "true,think_false", "no_think;think_false"])
+def test_parse_switches_refuses(text):
+    with pytest.raises(ValueError, match="unknown switch .*expected false, true or a comma-separated list of no_think, think_false, enable_thinking, reasoning_effort"):
+        parse_switches(text)
+
+
+@pytest.mark.parametrize("text, expected", [("10", 10.0), ("0", 0.0), ("0.25", 0.25)])
+def test_parse_seconds(text, expected):
+    assert parse_seconds(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "inf", "soon", ""])
+def test_parse_seconds_refuses(text):
+    with pytest.raises(ValueError, match="expected a number of seconds"):
+        parse_seconds(text)
+
+
+@pytest.mark.parametrize(
+    "variable, value, problem",
+    [
+        ("THINK_OPEN_MODELS", "/qwq(/", "THINK_OPEN_MODELS (option think_open_models): invalid regex"),
+        ("DISABLE_THINKING", "think", "DISABLE_THINKING (option disable_thinking): unknown switch 'think'"),
+        ("STRIP_THINKING", "moved", "STRIP_THINKING (option strip_thinking): expected true, false or separate"),
+        ("THINK_KEEPALIVE_SECONDS", "-5", "THINK_KEEPALIVE_SECONDS (option think_keepalive_seconds): expected a number of seconds"),
+        ("ECHO_REQUESTED_MODEL", "perhaps", "ECHO_REQUESTED_MODEL (option echo_requested_model): expected true/false"),
+    ],
+)
+def test_reasoning_settings_errors_name_the_variable(variable, value, problem):
+    setting = getattr(settings_module, variable)
+    with pytest.raises(ValueError) as raised:
+        setting.read(value)
+    assert str(raised.value).startswith(problem)
+    assert "\n" not in str(raised.value)
+
+
 def test_setting_errors_name_the_variable():
     with pytest.raises(ValueError, match=r"^MODEL_MAP \(option model_map\): invalid JSON"):
         settings_module.MODEL_MAP.read("{nope")
@@ -101,7 +170,7 @@ class TestSettings:
             start(tctx, s)
             assert tctx.options.model_map == '{"gpt-4": "llama3"}'
             assert s.model_map.route("gpt-4") == "llama3"
-            assert s.strip_thinking is False
+            assert s.strip_thinking is Reasoning.KEEP
             assert s.request_timeout == 2.5
             assert s.listen_port == 4321
 
@@ -110,8 +179,11 @@ class TestSettings:
         with taddons.context(s):
             assert s.upstream_url == Upstream("http", "localhost", 8000)
             assert s.ollama_upstream_url == Upstream("http", "localhost", 11434)
-            assert s.strip_thinking is True
-            assert s.disable_thinking is False
+            assert s.strip_thinking is Reasoning.DROP
+            assert s.disable_thinking == ()
+            assert not s.think_open_models
+            assert s.think_keepalive_seconds == 10.0
+            assert s.echo_requested_model is False
             assert s.request_timeout == 60.0
             assert not s.model_map
             assert (s.listen_host, s.listen_port) == ("127.0.0.1", 1234)
@@ -139,11 +211,11 @@ class TestSettings:
         with taddons.context(s) as tctx:
             s.running()
             tctx.configure(s, strip_thinking="false")
-            assert s.strip_thinking is False
+            assert s.strip_thinking is Reasoning.KEEP
             with pytest.raises(exceptions.OptionsError, match="STRIP_THINKING"):
                 tctx.configure(s, strip_thinking="perhaps")
             assert tctx.options.strip_thinking == "false"
-            assert s.strip_thinking is False
+            assert s.strip_thinking is Reasoning.KEEP
 
 
 class TestDashboardToken:
