@@ -307,6 +307,13 @@ def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
+def migrations_due(version: int, known: int, refusal: type[Exception]) -> bool:
+    """Whether a database at schema `version` lacks some of the `known` migrations; a newer one is refused."""
+    if version > known:
+        raise refusal(f"request log schema version {version} is newer than this proxy knows ({known})")
+    return version < known
+
+
 def migrate(conn: sqlite3.Connection) -> None:
     """
     Applies the migrations the file lacks, all in one transaction so a failure leaves the
@@ -314,11 +321,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     and masks what the old version stored, and the old bytes must not linger in free pages.
     """
     version = schema_version(conn)
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"request log schema version {version} is newer than this proxy knows ({len(MIGRATIONS)})"
-        )
-    if version == len(MIGRATIONS):
+    if not migrations_due(version, len(MIGRATIONS), sqlite3.DatabaseError):
         return
     if version:
         logger.info("upgrading the request log from schema version %d to %d", version, len(MIGRATIONS))

@@ -39,6 +39,7 @@ from logstore import UPDATE
 from logstore import Batch
 from logstore import ReadTimeout
 from logstore import iso_utc
+from logstore import migrations_due
 from rerouter.dburl import mask_in
 from rerouter.dburl import masked
 
@@ -425,12 +426,7 @@ def schema_version(conn: psycopg.Connection) -> int:
 
 def migrate(conn: psycopg.Connection) -> None:
     """Applies the migrations the database lacks, in one transaction so a failure leaves the old version intact."""
-    version = schema_version(conn)
-    if version > len(MIGRATIONS):
-        raise psycopg.DataError(
-            f"request log schema version {version} is newer than this proxy knows ({len(MIGRATIONS)})"
-        )
-    if version == len(MIGRATIONS):
+    if not migrations_due(schema_version(conn), len(MIGRATIONS), psycopg.DataError):
         return
     with conn.transaction():
         # Read again under the lock: another replica may have migrated the database meanwhile.
