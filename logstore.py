@@ -571,6 +571,8 @@ class Database(Protocol):
     """How often the writer calls `tick` whatever else it does; None = never."""
     shared: bool
     """Whether other proxy processes (replicas) write to it too."""
+    gather_seconds: float
+    """How long the writer waits for more entries before it writes: each transaction costs a round trip."""
 
     def prepare(self, cutoff: float) -> None:
         """
@@ -613,6 +615,7 @@ class SqliteDatabase:
     errors = (sqlite3.Error,)
     tick_seconds = None
     shared = False
+    gather_seconds = 0.0
     store_body = staticmethod(pack)
 
     def __init__(self, path: str) -> None:
@@ -768,17 +771,21 @@ class Writer:
     def _take(self) -> list[tuple]:
         """
         Blocks for one item (until the next tick at most), then takes what else is
-        queued already, to write it all in one transaction.
+        queued already, or arrives within the database's gathering time, to write it
+        all in one transaction.
         """
         timeout = None if self.database.tick_seconds is None else max(0.0, self._next_tick - time.monotonic())
         try:
             items = [self.queue.get(timeout=timeout)]
         except queue.Empty:
             return []
+        gathered_by = time.monotonic() + self.database.gather_seconds
         while len(items) < BATCH_SIZE:
             try:
-                items.append(self.queue.get_nowait())
+                items.append(self.queue.get(timeout=max(0.0, gathered_by - time.monotonic())))
             except queue.Empty:
+                break
+            if items[-1] is _WAKE:
                 break
         return [item for item in items if item is not _WAKE]
 
