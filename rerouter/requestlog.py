@@ -26,6 +26,8 @@ from rerouter.framing import ends_with_last_event
 from rerouter.redaction import redact_path
 from rerouter.routing import is_ollama_path
 from rerouter.routing import listen_port
+from rerouter.settings import DATABASE_URL
+from rerouter.settings import DB_PATH
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
 
@@ -114,7 +116,8 @@ class RequestLog:
         try:
             store.open()
         except Exception as e:
-            self.settings.refuse(f"DB_PATH (option db_path): cannot open the request log {store.path!r}: {e}")
+            setting = DATABASE_URL if self.settings.database_url else DB_PATH
+            self.settings.refuse(f"{setting.env} (option {setting.option}): cannot open the request log {store.path!r}: {e}")
             return
         self.store = store
 

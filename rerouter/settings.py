@@ -168,6 +168,8 @@ def is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
 def parse_instance_name(text: str) -> str:
     name = text.strip()
     if len(name) > MAX_INSTANCE_NAME or not name.isprintable():
