@@ -213,7 +213,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
 
 
 def _text(value: Any) -> str:
-    return str(value)
+    """SQLite stores UTF-8: a lone surrogate (JSON's `\\ud800`) is kept as its escape instead of failing the batch."""
+    text = str(value)
+    return text if text.isascii() else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _flag(value: Any) -> int:

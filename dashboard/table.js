@@ -25,7 +25,7 @@ export function modelNames(requested, routed) {
 export function notes(row) {
   return [
     row.error && el('span', { class: 'tag bad' }, String(row.error)),
-    row.reasoning_chars > 0 && el('span', { class: 'tag' }, `reasoning removed: ${int(row.reasoning_chars)} chars`),
+    row.reasoning_chars > 0 && el('span', { class: 'tag', title: 'taken out of the answer: removed, or moved to its own field' }, `reasoning: ${int(row.reasoning_chars)} chars`),
     row.reasoned_anyway && el('span', { class: 'tag warn' }, 'reasoned although thinking was off'),
     row.lone_think_close &&
       el(

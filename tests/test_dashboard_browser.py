@@ -197,7 +197,7 @@ def add_new_fields(page) -> None:
 def test_what_the_proxy_did_is_shown(page):
     add_new_fields(page)
     new = row(page, "qwq:32b")
-    expect(new).to_contain_text("reasoning removed: 1,234 chars")
+    expect(new).to_contain_text("reasoning: 1,234 chars")
     expect(new).to_contain_text("reasoned although thinking was off")
     expect(new).to_contain_text("model qwq:32b starts inside a think block: add it to THINK_OPEN_MODELS")
     expect(new).to_contain_text("123 ms")

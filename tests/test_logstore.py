@@ -375,6 +375,12 @@ class TestWriting:
         }
         assert store.failures == 0
 
+    def test_lone_surrogates_are_kept_as_escapes(self, store):
+        write(store, {**request("r1"), "requested_model": "gpt-\ud800", "path": "/v1/\udcff"}, state="completed", response_model="m\udfff")
+        row = store.get("r1")
+        assert (row["requested_model"], row["path"], row["response_model"]) == ("gpt-\\ud800", "/v1/\\udcff", "m\\udfff")
+        assert store.failures == 0
+
     def test_finish_keeps_what_it_is_not_given(self, store):
         write(store, request("r1", stream=True), state="completed", status=200)
         row = store.get("r1")
