@@ -74,6 +74,8 @@ RETRY_FIRST_DELAY = 0.25
 RETRY_MAX_DELAY = 5.0
 FAILURE_WARNING_INTERVAL = 10.0
 DROP_WARNING_INTERVAL = 60.0
+QUEUE_MAX_BYTES = 32 * 1024 * 1024
+"""Body bytes queued or being written at most: a stuck disk fills the queue up to this, then entries are dropped."""
 SECONDS_PER_DAY = 86400.0
 AUTO_VACUUM_INCREMENTAL = 2
 PERCENTILE_WINDOW = 10000
@@ -437,6 +439,12 @@ def cap_body(body: bytes | None, total: int | None, limit: int) -> bytes | None:
     return bytes(view[:limit]) + f"\n{TRUNCATED}: {whole} bytes in total]".encode()
 
 
+def body_bytes(item: tuple) -> int:
+    """The bytes of the bodies a queue item holds: what a stuck writer keeps in memory."""
+    fields = item[-1] if isinstance(item[-1], dict) else {}
+    return sum(len(value) for value in fields.values() if isinstance(value, (bytes, bytearray)))
+
+
 def pack(body: bytes | None) -> tuple[bytes | None, bool]:
     """The body as stored, and whether that is zlib-compressed (see COMPRESS_FROM)."""
     if body is None or len(body) < COMPRESS_FROM:
@@ -722,6 +730,8 @@ class Writer:
         self.queue: queue.Queue[tuple] = queue.Queue(queue_size)
         self.failures = 0
         self.dropped = 0
+        self.held_bytes = 0  # body_bytes of the items queued or being written
+        self._held_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._deadline = math.inf
@@ -731,12 +741,25 @@ class Writer:
         self._failure_warning = RateLimit(FAILURE_WARNING_INTERVAL)
 
     def put(self, item: tuple) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            if self._drop_warning.ready():
-                logger.warning("request log queue is full; %d entries dropped so far", self.dropped)
+        size = body_bytes(item)
+        with self._held_lock:
+            fits = self.held_bytes + size <= QUEUE_MAX_BYTES
+            if fits:
+                self.held_bytes += size
+        if fits:
+            try:
+                self.queue.put_nowait(item)
+                return
+            except queue.Full:
+                self._release([item])
+        self.dropped += 1
+        if self._drop_warning.ready():
+            logger.warning("request log queue is full; %d entries dropped so far", self.dropped)
+
+    def _release(self, items: list[tuple]) -> None:
+        size = sum(map(body_bytes, items))
+        with self._held_lock:
+            self.held_bytes -= size
 
     def start(self) -> None:
         if self._thread is not None:
@@ -760,9 +783,11 @@ class Writer:
         try:
             while not self._finished():
                 self._tick()
-                batch = self._prepare(self._take())
+                items = self._take()
+                batch = self._prepare(items)
                 if batch.size:
                     self._write_or_skip(batch)
+                self._release(items)
         finally:
             self.database.disconnect()
             self._report_unwritten()

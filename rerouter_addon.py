@@ -18,6 +18,8 @@ import os
 import sys
 
 from dashboard import Dashboard
+from rerouter.buffering import Buffering
+from rerouter.buffering import Reclaim
 from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
@@ -31,18 +33,22 @@ from rerouter.upstream_failures import UpstreamFailures
 settings = Settings()
 request_log = RequestLog(settings)
 rules = Rules(settings, request_log)
+dashboard = Dashboard(settings, request_log, rules)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
-# anything could send them upstream; routing picks the upstream before the timeout starts; the rules
-# (MODEL_MAP or its file) are in force before the rewrite asks them and records the model names;
-# the think filter wraps the answer's stream before the log, which comes last so it sees the
-# rewritten request and the stream exactly as the client gets it; then secrets in the path are
-# masked for what mitmdump prints once each flow ends.
+# anything could send them upstream; routing picks the upstream before the timeout starts; buffering
+# decides which bodies stream (the dashboard's answers never do); the rules (MODEL_MAP or its file)
+# are in force before the rewrite asks them and records the model names; the think filter wraps the
+# answer's stream before the log, which comes last so it sees the rewritten request and the stream
+# exactly as the client gets it; then secrets in the path are masked for what mitmdump prints once
+# each flow ends.
 addons = [
     settings,
-    Dashboard(settings, request_log, rules),
+    dashboard,
     ReverseProxy(settings),
     UpstreamFailures(settings),
+    Buffering(dashboard.answers),
+    Reclaim(),
     rules,
     ModelRewrite(settings, rules),
     ThinkStrip(settings),
@@ -55,6 +61,7 @@ USER_FLAGS = {
     "listen_host": ("--listen-host",),
     "listen_port": ("--listen-port", "-p"),
     "connection_strategy": (),
+    "stream_large_bodies": (),
 }
 
 

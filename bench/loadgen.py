@@ -23,22 +23,37 @@ Progress = list[tuple[float, int]]  # (perf_counter, body bytes so far), for mem
 
 @dataclass(frozen=True)
 class Request:
-    """A request as it goes on the wire, and how to read its answer ("json", "sse" or "ndjson")."""
+    """A request as it goes on the wire, and how to read its answer ("json", "binary", "sse" or "ndjson")."""
 
     wire: bytes
     kind: str
 
     @classmethod
     def post(cls, host: str, path: str, body: dict[str, Any], headers: dict[str, str], kind: str) -> Request:
-        payload = json.dumps(body).encode()
-        lines = [f"POST {path} HTTP/1.1", f"Host: {host}", "Content-Type: application/json"]
+        return cls.make("POST", host, path, headers, kind, json.dumps(body).encode(), "application/json")
+
+    @classmethod
+    def upload(cls, host: str, path: str, content: bytes, headers: dict[str, str]) -> Request:
+        """A binary body, as a file upload sends it; the answer is JSON."""
+        return cls.make("POST", host, path, headers, "json", content, "application/octet-stream")
+
+    @classmethod
+    def get(cls, host: str, path: str, headers: dict[str, str], kind: str) -> Request:
+        return cls.make("GET", host, path, headers, kind)
+
+    @classmethod
+    def make(
+        cls, method: str, host: str, path: str, headers: dict[str, str], kind: str, payload: bytes = b"", content_type: str = ""
+    ) -> Request:
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+        lines += [f"Content-Type: {content_type}"] if content_type else []
         lines += [f"{name}: {value}" for name, value in headers.items()]
         lines.append(f"Content-Length: {len(payload)}")
         return cls(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload, kind)
 
     @classmethod
     def delete(cls, host: str, path: str) -> Request:
-        return cls(f"DELETE {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n".encode("latin-1"), "json")
+        return cls.make("DELETE", host, path, {}, "json")
 
 
 @dataclass
@@ -86,7 +101,7 @@ class AnswerWatcher:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.found = kind == "json"  # a plain answer has no first token to wait for
+        self.found = kind not in ("sse", "ndjson")  # a plain answer has no first token to wait for
         self._buffer = b""
         self._text = ""
 

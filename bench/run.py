@@ -37,6 +37,7 @@ from typing import Any
 from bench import loadgen
 from bench import targets
 from bench.loadgen import Request
+from tests.upstream import file_bytes
 from tests.upstream import mock_headers
 
 TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog", "rerouter-pg")
@@ -46,6 +47,9 @@ USER = [{"role": "user", "content": "Say something."}]
 BIG_TOKEN = ("lorem ipsum dolor sit amet " * 80)[:2000]  # no "<": the stripper's fast path
 BIG_EVENT_BYTES = 2200  # one SSE event carrying BIG_TOKEN, framing and chunk JSON included
 FLAT_MB = 10.0  # "flat": RSS grows less than this from 10 % to 90 % of the 50 MB transfer
+BINARY_BYTES = 50_000_000  # big50-binary: a file download and a file upload of this size
+BINARY_GROWTH_MB = 16.0  # their goal: peak RSS at most this above the RSS at the workload's start
+CHECK_BYTES = 1_000_000  # the warm-up's byte-exact check of a download and an upload
 
 
 # ---------------------------------------------------------------------------------------------
@@ -59,8 +63,8 @@ class Workload:
     name: str
     what: str
     path: str
-    kind: str  # "json", "sse" or "ndjson"
-    body: dict[str, Any]
+    kind: str  # "json", "binary", "sse" or "ndjson"
+    body: dict[str, Any] | bytes | None  # JSON, a binary upload, or none (GET)
     mock: dict[str, Any]  # tests/upstream.py MockOptions fields, sent as x-mock-* headers
     count: int
     concurrency: int
@@ -69,7 +73,12 @@ class Workload:
     vs_direct: str = "ttft_p50_ms"  # the figure compared with the direct connection
 
     def request(self, host: str) -> Request:
-        return Request.post(host, self.path, self.body, mock_headers(**self.mock), self.kind)
+        headers = mock_headers(**self.mock)
+        if self.body is None:
+            return Request.get(host, self.path, headers, self.kind)
+        if isinstance(self.body, bytes):
+            return Request.upload(host, self.path, self.body, headers)
+        return Request.post(host, self.path, self.body, headers, self.kind)
 
 
 def words(prefix: str, count: int) -> list[str]:
@@ -115,16 +124,23 @@ def build_workloads(quick: bool) -> list[Workload]:
         Workload("big50", "one 50 MB SSE stream of 2 KB events", "/v1/chat/completions", "sse",
                  chat(True, mock_repeat=big_repeat), {"text": BIG_TOKEN, "tokens": len(BIG_TOKEN)}, 1, 1,
                  tokens=big_repeat, track_memory=True, vs_direct="lat_p50_ms"),
+        Workload("big50-binary-down", "one 50 MB application/octet-stream download", "/v1/files/file-bench/content",
+                 "binary", None, {"file_size": BINARY_BYTES}, 1, 1, track_memory=True, vs_direct="lat_p50_ms"),
+        Workload("big50-binary-up", "one 50 MB application/octet-stream upload", "/v1/files", "json",
+                 file_bytes(BINARY_BYTES), {}, 1, 1, track_memory=True, vs_direct="lat_p50_ms"),
     ]  # fmt: skip
 
 
 def select(names: str | None, known: list[str], what: str, families: bool = False) -> list[str]:
-    """Comma-separated names; with `families`, a name also selects its family (`chat`: chat-c1, chat-c32)."""
+    """
+    Comma-separated names; with `families`, a name that is not itself known selects its family
+    (`chat`: chat-c1, chat-c32; `big50-binary`: its download and upload; `big50` is big50 alone).
+    """
     if not names:
         return known
     chosen = []
     for name in names.split(","):
-        matches = [k for k in known if k == name or (families and k.startswith(name + "-"))]
+        matches = [k for k in known if k == name] or [k for k in known if families and k.startswith(name + "-")]
         if not matches:
             raise SystemExit(f"unknown {what} {name!r}; known: {', '.join(known)}")
         chosen += [m for m in matches if m not in chosen]
@@ -198,7 +214,7 @@ def measure(target: targets.Target, workload: Workload) -> dict[str, Any]:
             rss_start_mb=sampler.samples[0][1],
             rss_peak_mb=sampler.peak,
         )
-        if progress:
+        if progress and len(progress) > 1:  # the answer is the transfer (not an upload's short reply)
             figures["rss_at"] = memory_over_transfer(progress, sampler)
     return figures
 
@@ -311,6 +327,9 @@ def warm_up_and_check(target: targets.Target, quick: bool) -> None:
     stream = Request.post(host, "/v1/chat/completions", chat(True), mock_headers(tokens=think_tokens()), "sse")
     ndjson = Request.post(host, "/api/chat", chat(True), mock_headers(tokens=think_tokens()), "ndjson")
     repeated = Request.post(host, "/v1/chat/completions", chat(True, mock_repeat=3), mock_headers(text="x"), "sse")
+    content = file_bytes(CHECK_BYTES)
+    download = Request.get(host, "/v1/files/file-check/content", mock_headers(file_size=CHECK_BYTES), "binary")
+    upload = Request.upload(host, "/v1/files", content, {})
 
     async def check() -> None:
         status, body = await loadgen.fetch(target.host, target.port, plain)
@@ -324,6 +343,12 @@ def warm_up_and_check(target: targets.Target, quick: bool) -> None:
         status, body = await loadgen.fetch(target.host, target.port, repeated)
         if body.count(b'"content":"x"') != 3:
             raise RuntimeError(f"the mock upstream ignores mock_repeat: HTTP {status} {body[:300]!r}")
+        status, body = await loadgen.fetch(target.host, target.port, download)
+        if status != 200 or body != content:
+            raise RuntimeError(f"{target.name} changes a binary download: HTTP {status}, {len(body)} bytes")
+        status, body = await loadgen.fetch(target.host, target.port, upload)
+        if status != 200 or json.loads(body)["sha256"] != hashlib.sha256(content).hexdigest():
+            raise RuntimeError(f"{target.name} changes a binary upload: HTTP {status} {body[:300]!r}")
         for request, count in ((plain, 400), (stream, 48), (ndjson, 32)):
             count = count // 2 if quick else count
             result = await loadgen.run_load(target.host, target.port, request, count, 16)
@@ -351,7 +376,7 @@ def run_all(bench: Bench, workloads: list[Workload], reps: int, log: Callable[[s
 
 def progress_line(rep: int, f: dict[str, Any]) -> str:
     errors = f" ERRORS {f['requests'] - f['ok']}: {f['errors']}" if f["ok"] < f["requests"] else ""
-    return f"  rep {rep + 1} {f['workload']:<10} {f['target']:<15} {f['wall_s']:6.2f} s{errors}"
+    return f"  rep {rep + 1} {f['workload']:<17} {f['target']:<15} {f['wall_s']:6.2f} s{errors}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,7 +430,7 @@ def delta_ms(value: float | None, base: float | None) -> str:
 
 
 COLUMNS = [
-    ("workload", 9, "<"), ("target", 14, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
+    ("workload", 17, "<"), ("target", 14, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
     ("lat p50", 8, ">"), ("lat p99", 8, ">"), ("TTFT p50", 8, ">"), ("TTFT p99", 8, ">"),
     ("CPU s/1k", 8, ">"), ("RSS MB", 7, ">"), ("spread", 6, ">"),
     ("CPU/req", 8, ">"), ("thruput", 8, ">"), ("vs direct", 11, ">"),
@@ -446,20 +471,21 @@ def table(workloads: list[Workload], names: list[str], summary: dict) -> list[st
     return lines
 
 
-def memory_table(names: list[str], summary: dict) -> list[str]:
-    """RSS of each proxy while one 50 MB stream passes: flat means not buffered."""
-    lines = ["big50, proxy RSS in MB at 10 / 50 / 90 % of the transfer:"]
-    for name in names:
-        s = summary.get(("big50", name))
-        if not s or "rss_at" not in s:
-            continue
-        at = s["rss_at"]
-        flat = "flat" if at["growth"] <= FLAT_MB else "GROWS"
-        lines.append(
-            f"  {name:<15} start {s['rss_start_mb']:5.0f}  10% {at['10']:5.0f}  50% {at['50']:5.0f}"
-            f"  90% {at['90']:5.0f}  peak {s['rss_peak_mb']:5.0f}  growth 10->90% {at['growth']:+5.1f}  {flat}"
-            f"  ({s['body_mb']:.0f} MB in {s['wall_s']:.1f} s)"
-        )
+def memory_table(workloads: list[Workload], names: list[str], summary: dict) -> list[str]:
+    """RSS of each proxy while one 50 MB body passes: flat means not buffered."""
+    lines = ["proxy RSS in MB while one 50 MB body passes (10/50/90 %: when that share of the answer had arrived):"]
+    for workload in (w for w in workloads if w.track_memory):
+        for name in names:
+            s = summary.get((workload.name, name))
+            if not s or s.get("rss_peak_mb") is None:
+                continue
+            at = s.get("rss_at")
+            during = f"  10% {at['10']:5.0f}  50% {at['50']:5.0f}  90% {at['90']:5.0f}" if at else " " * 33
+            flat = f"  growth 10->90% {at['growth']:+5.1f}  {'flat' if at['growth'] <= FLAT_MB else 'GROWS'}" if at else ""
+            lines.append(
+                f"  {workload.name:<18} {name:<15} start {s['rss_start_mb']:5.0f}{during}  peak {s['rss_peak_mb']:5.0f}"
+                f"  peak-start {s['rss_peak_mb'] - s['rss_start_mb']:+5.1f}{flat}  ({s['wall_s']:.1f} s)"
+            )
     return lines
 
 
@@ -502,6 +528,17 @@ def _slow_rss(summary: dict, name: str) -> tuple[float, str] | None:
     return None if peak is None else (peak, f"{peak:.0f} MB")
 
 
+def _binary_growth(summary: dict, name: str) -> tuple[float, str] | None:
+    growth = {}
+    for workload in ("big50-binary-down", "big50-binary-up"):
+        s = summary.get((workload, name), {})
+        if s.get("rss_peak_mb") is not None:
+            growth[workload.rsplit("-", 1)[1]] = s["rss_peak_mb"] - s["rss_start_mb"]
+    if not growth:
+        return None
+    return max(growth.values()), ", ".join(f"{kind} {value:+.1f} MB" for kind, value in growth.items())
+
+
 def _big_growth(summary: dict, name: str) -> tuple[float, str] | None:
     at = summary.get(("big50", name), {}).get("rss_at")
     if not at:
@@ -519,6 +556,9 @@ GOALS = [
     Goal("peak RSS with 100 live streams (slow100) <= 120 MB", _slow_rss, lambda v: v <= 120),
     Goal(f"RSS flat during the 50 MB stream (big50: 10/50/90 %, growth <= {FLAT_MB:.0f} MB)", _big_growth,
          lambda v: v <= FLAT_MB),
+    Goal("streamed tokens/s (big50) vs mitmdump >= 0.85x", _ratio_to_mitmdump("big50", "tok_s"), lambda v: v >= 0.85),
+    Goal(f"50 MB binary download/upload (big50-binary): peak RSS growth <= {BINARY_GROWTH_MB:.0f} MB",
+         _binary_growth, lambda v: v <= BINARY_GROWTH_MB),
     Goal("CPU per request (chat-c32), log in PostgreSQL (rerouter-pg) vs SQLite <= 1.10x", _pg_cpu_vs_sqlite,
          lambda v: v <= 1.10),
 ]  # fmt: skip
@@ -637,7 +677,7 @@ def print_report(workloads: list[Workload], names: list[str], reps: int, summary
           f"times in ms")  # fmt: skip
     print("\n".join(table(workloads, names, summary)))
     if any(w.track_memory for w in workloads):
-        print("\n".join(memory_table(names, summary)))
+        print("\n".join(memory_table(workloads, names, summary)))
     print()
     print("\n".join(goals))
 
@@ -656,7 +696,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "
           f"{mode} mode, {plural(reps, 'repetition')}, interleaved\ncode: {info['code']}", flush=True)  # fmt: skip
     for w in workloads:
-        print(f"  {w.name:<10} {w.what}: {plural(w.count, 'request')}")
+        print(f"  {w.name:<17} {w.what}: {plural(w.count, 'request')}")
     started = time.monotonic()
     other_load = OtherLoad()
     cpus = CpuLayout.choose(args.pin)

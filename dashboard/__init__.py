@@ -191,13 +191,21 @@ class Dashboard:
                 return Route(handler, match.groups())
         return None
 
+    def answers(self, request: http.Request) -> bool:
+        """Whether the proxy answers this request itself: then it must never be streamed upstream."""
+        return self.log.store is not None and self.route(request.method, request.path.partition("?")[0]) is not None
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # here, not in `request`: a body that streams goes upstream right after its headers
+        if is_proxied(flow) and not self.answers(flow.request):
+            remove_credentials(flow.request, self.settings.dashboard_token)
+
     async def request(self, flow: http.HTTPFlow) -> None:
         if not is_proxied(flow):
             return
         request = flow.request
         route = self.route(request.method, request.path.partition("?")[0]) if self.log.store is not None else None
         if route is None:
-            remove_credentials(request, self.settings.dashboard_token)
             return
         flow_state(flow).local = True
         flow.response = await self.answer(flow, route)

@@ -14,8 +14,16 @@ from mitmproxy import http
 from mitmproxy.proxy import mode_specs
 
 from logstore import FLOW_FIELDS
+from rerouter.decoding import decode_prefix
+from rerouter.decoding import sample
 
 STATE_KEY = "rerouter"
+EDIT_LIMIT = 16 * 1024 * 1024
+"""
+The largest body, decoded, that the proxy reads to edit (a request it may rewrite, an answer it
+may strip): mitmproxy buffers it, and parsing and re-serialising it costs about 3 times as much
+again. A bigger body passes on as it came.
+"""
 
 
 @dataclass
@@ -32,6 +40,7 @@ class FlowState:
       matched the requested model, None when none did).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
+    - Buffering: `note` when a JSON body too big to edit passed on as it came.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
       `reasoned_anyway` (reasoning although a switch asked for none), `note`
       (what the proxy could not do, e.g. a stream passed on unedited).
@@ -93,9 +102,34 @@ def media_type(message: http.Message) -> str:
     return message.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+def note(flow: http.HTTPFlow, text: str) -> None:
+    """Add to the flow's row what the proxy could not do for it."""
+    record = flow_state(flow)
+    record.note = f"{record.note}; {text}" if record.note else text
+
+
+def decoded(message: http.Message) -> bytes | None:
+    """
+    The whole body decoded, or None when there is none, it cannot be decoded, or it is longer
+    than EDIT_LIMIT decoded: a compressed body is never inflated past that.
+    """
+    if message.raw_content is None:
+        return None
+    try:
+        body, complete = decode_prefix(message.raw_content, message.headers.get("content-encoding"), EDIT_LIMIT)
+    except ValueError:
+        return None
+    return body if complete else None
+
+
+def body_sample(message: http.Message, limit: int) -> bytes:
+    """The first `limit` bytes of the decoded body (of the raw one when it cannot be decoded), for the log."""
+    return sample(message.raw_content or b"", message.headers.get("content-encoding"), limit)
+
+
 def json_object(message: http.Message) -> dict[str, Any] | None:
     """The body as a JSON object, or None: other bodies are not ours to touch."""
-    content = message.get_content(strict=False)
+    content = decoded(message)
     if not content or content[:64].lstrip()[:1] != b"{":
         return None
     try:

@@ -11,6 +11,8 @@ import re
 import zlib
 from typing import Protocol
 
+from rerouter.decoding import ZLIB
+from rerouter.decoding import Decompressor
 from rerouter.thinking import DROP
 from rerouter.thinking import KEEP
 from rerouter.thinking import Result
@@ -24,8 +26,10 @@ _EVENT_END = re.compile(rb"\n\r?\n")
 _LINE = re.compile(rb"[^\n]*\n")
 _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _IDENTITY = "identity"
-_DECOMPRESSED = ("gzip", "x-gzip", "deflate")
-
+MAX_HELD = 1024 * 1024
+"""Bytes a framer holds of one unfinished event or line; past it the stream passes on unedited."""
+MAX_READ_PLAIN = 8 * 1024 * 1024
+"""Bytes one network read may decompress to (a 64 KiB read at 128:1); more is a compression bomb and ends the stream."""
 
 
 class ChunkEditor(Protocol):
@@ -61,6 +65,10 @@ class SSEFramer:
         self._scan_from = max(len(buffer) - 2, 0)
         return events
 
+    @property
+    def held(self) -> int:
+        return len(self._buffer)
+
     def rest(self) -> bytes:
         rest = bytes(self._buffer)
         self._buffer.clear()
@@ -83,6 +91,10 @@ class LineFramer:
         self._buffer[:] = data[end + 1 :]
         return _LINE.findall(complete)
 
+    @property
+    def held(self) -> int:
+        return len(self._buffer)
+
     def rest(self) -> bytes:
         rest = bytes(self._buffer)
         self._buffer.clear()
@@ -95,35 +107,7 @@ def _normalise(encoding: str | None) -> str:
 
 def supports_encoding(encoding: str | None) -> bool:
     """Whether EventStream can decode a body with this Content-Encoding."""
-    return _normalise(encoding) in (_IDENTITY, *_DECOMPRESSED)
-
-
-class _Decompressor:
-    """Undoes a gzip or deflate Content-Encoding read by read."""
-
-    def __init__(self, encoding: str) -> None:
-        self._zlib = None if encoding == "deflate" else zlib.decompressobj(16 + zlib.MAX_WBITS)
-        self._head = b""
-
-    def decompress(self, data: bytes) -> bytes:
-        if self._zlib is None:
-            # "deflate" means zlib-wrapped, but some servers send it raw: the first two bytes tell.
-            self._head += data
-            if len(self._head) < 2:
-                return b""
-            data, self._head = self._head, b""
-            zlib_header = data[0] & 0x0F == 8 and int.from_bytes(data[:2], "big") % 31 == 0
-            self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-        plain = self._zlib.decompress(data)
-        # a gzip body may hold several members one after the other: each needs a fresh decoder
-        while self._zlib.eof and self._zlib.unused_data:
-            rest = self._zlib.unused_data
-            self._zlib = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            plain += self._zlib.decompress(rest)
-        return plain
-
-    def flush(self) -> bytes:
-        return b"" if self._zlib is None else self._zlib.flush()
+    return _normalise(encoding) in (_IDENTITY, *ZLIB)
 
 
 def _parse(payload: bytes) -> dict | None:
@@ -178,8 +162,10 @@ class EventStream:
         encoding = _normalise(encoding)
         self.editor = editor
         self._framer = framer
-        self._decompressor = None if encoding == _IDENTITY else _Decompressor(encoding)
+        self._decompressor = None if encoding == _IDENTITY else Decompressor(encoding)
         self._editing = True
+        self._cut = False
+        self.note: str | None = None  # what could not be done, for the flow's row
 
     @staticmethod
     def sse(editor: ChunkEditor, encoding: str | None = None) -> "EventStream":
@@ -204,11 +190,15 @@ class EventStream:
         return [output] if output else []
 
     def _process(self, data: bytes) -> list[bytes]:
+        if self._cut:
+            return []
         try:
             plain = self._decompress(data)
         except zlib.error:
             self._decompressor = None
             return self._give_up([]) + [data]  # what the framer holds came before this read
+        if len(plain) > MAX_READ_PLAIN:
+            return self._cut_off()
         if not self._editing:
             return [plain]
         events = self._framer.feed(plain)
@@ -224,6 +214,8 @@ class EventStream:
                 output += self._edit(event)
             except Exception:
                 return output + self._give_up(events[i:])
+        if self._framer.held > MAX_HELD:
+            return output + self._give_up([], f"stream passed on unedited: an event exceeded {MAX_HELD >> 20} MiB")
         if not data:
             try:
                 carriers = self._carriers()
@@ -238,14 +230,27 @@ class EventStream:
         if self._decompressor is None:
             return data
         if data:
-            return self._decompressor.decompress(data)
+            return self._decompressor.decompress(data, MAX_READ_PLAIN + 1)
         return self._decompressor.flush()
 
-    def _give_up(self, unedited: list[bytes]) -> list[bytes]:
+    def _cut_off(self) -> list[bytes]:
+        """Nothing more of this stream is decoded or sent: the client gets what it had."""
+        self._cut = True
+        self._editing = False
+        self.note = f"stream cut: a network read decompressed to more than {MAX_READ_PLAIN >> 20} MiB"
+        logger.warning(self.note)
+        return []
+
+    def _give_up(self, unedited: list[bytes], reason: str | None = None) -> list[bytes]:
         """Sends the rest of the stream as it comes: an unedited answer beats a lost one."""
         if not self._editing:
             return unedited
-        logger.exception("Cannot edit streamed response, passing the rest through unmodified.")
+        if reason is None:
+            logger.exception("Cannot edit streamed response, passing the rest through unmodified.")
+            reason = "stream passed on unedited: it could not be edited"
+        else:
+            logger.warning(reason)
+        self.note = reason
         self._editing = False
         try:
             pending = self._carriers()

@@ -19,6 +19,8 @@ from mitmproxy import http
 
 from logstore import LogStore
 from logstore import iso_utc
+from rerouter.decoding import sample
+from rerouter.flows import body_sample
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
 from rerouter.framing import LAST_EVENT_WINDOW
@@ -38,6 +40,23 @@ STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_
 
 
 @dataclass
+class BodySample:
+    """A streamed body as it passes: its size, its first `cap` bytes for the log, and its last bytes."""
+
+    cap: int
+    size: int = 0
+    head: bytearray = field(default_factory=bytearray)
+    tail: bytes = b""  # did the receiver get the last event?
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = self.cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+        self.tail = (self.tail + chunk[-LAST_EVENT_WINDOW:])[-LAST_EVENT_WINDOW:]
+
+
+@dataclass
 class Inflight:
     """What the dashboard shows of a request while it runs."""
 
@@ -48,9 +67,7 @@ class Inflight:
     routed_model: str | None
     started_at: float
     started: float  # time.monotonic(), for durations
-    response_bytes: int = 0
-    delivered: bytearray = field(default_factory=bytearray)  # the streamed body, up to the log's cap
-    tail: bytes = b""  # the streamed body's last bytes: did the client get the last event?
+    delivered: BodySample  # the streamed answer as the client gets it
 
     def as_dict(self, now: float) -> dict:
         return {
@@ -61,21 +78,20 @@ class Inflight:
             "routed_model": self.routed_model,
             "started_at": iso_utc(self.started_at),
             "elapsed_ms": round((now - self.started) * 1000, 1),
-            "response_bytes": self.response_bytes,
+            "response_bytes": self.delivered.size,
         }
 
 
 class DeliveredStream:
     """
-    Wraps a response's stream to see what the client really gets: counted as it
-    passes, and kept up to the log's cap, so the log holds the stream as delivered;
+    Wraps a streamed body to see what its receiver really gets: counted as it
+    passes, and kept up to the log's cap, so the log holds the body as delivered;
     its end is kept too, to tell a client that left after the last event.
     """
 
-    def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, record: Inflight, cap: int) -> None:
+    def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, sample: BodySample) -> None:
         self.inner = inner
-        self.record = record
-        self.cap = cap
+        self.sample = sample
 
     def __call__(self, data: bytes) -> list[bytes]:
         if callable(self.inner):
@@ -83,13 +99,8 @@ class DeliveredStream:
             chunks = [out] if isinstance(out, bytes) else list(out)
         else:
             chunks = [data] if data else []
-        record = self.record
         for chunk in chunks:
-            record.response_bytes += len(chunk)
-            room = self.cap - len(record.delivered)
-            if room > 0:
-                record.delivered += chunk[:room]
-            record.tail = (record.tail + chunk[-LAST_EVENT_WINDOW:])[-LAST_EVENT_WINDOW:]
+            self.sample.add(chunk)
         return chunks
 
 
@@ -140,6 +151,11 @@ class RequestLog:
             self.store.close()
             self.store = None
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        request = flow.request
+        if self.store is not None and is_proxied(flow) and request.stream:
+            request.stream = DeliveredStream(request.stream, BodySample(self.settings.log_max_body_bytes))
+
     def request(self, flow: http.HTTPFlow) -> None:
         if self.store is None or not is_proxied(flow):
             return
@@ -153,7 +169,10 @@ class RequestLog:
             routed_model=shared.routed_model,
             started_at=request.timestamp_start or time.time(),
             started=time.monotonic(),
+            delivered=BodySample(self.settings.log_max_body_bytes),
         )
+        passed = request.stream.sample if isinstance(request.stream, DeliveredStream) else None
+        request_body, request_bytes = self._logged(request, passed)
         self.inflight[flow.id] = record
         self.store.begin(
             {
@@ -167,15 +186,15 @@ class RequestLog:
                 "requested_model": record.requested_model,
                 "routed_model": record.routed_model,
                 "request_headers": list(request.headers.items(multi=True)),
-                "request_body": request.get_content(strict=False) or b"",
-                "request_bytes": len(request.raw_content or b""),
+                "request_body": request_body,
+                "request_bytes": request_bytes,
             }
         )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self.inflight.get(flow.id)
         if record is not None and flow.response is not None and flow.response.stream:
-            flow.response.stream = DeliveredStream(flow.response.stream, record, self.settings.log_max_body_bytes)
+            flow.response.stream = DeliveredStream(flow.response.stream, record.delivered)
 
     def response(self, flow: http.HTTPFlow) -> None:
         record = self.inflight.pop(flow.id, None)
@@ -184,10 +203,7 @@ class RequestLog:
         response = flow.response
         assert response is not None
         streamed = isinstance(response.stream, DeliveredStream)
-        if streamed:
-            body, size = bytes(record.delivered), record.response_bytes
-        else:
-            body, size = response.get_content(strict=False) or b"", len(response.raw_content or b"")
+        body, size = self._logged(response, record.delivered if streamed else None)
         self.store.finish(
             record.id,
             state="completed",
@@ -208,22 +224,42 @@ class RequestLog:
         if shared.timed_out:
             message = f"no response headers within {self.settings.request_timeout:g} s"
         status = flow.response.status_code if flow.response else shared.answered_status
-        if message == CLIENT_GONE and ends_with_last_event(record.tail):
+        if message == CLIENT_GONE and ends_with_last_event(record.delivered.tail):
             # the client read the last event and hung up before the upstream ended its body
             state, message = "completed", None
         else:
             state = "aborted" if message == CLIENT_GONE else "error"
+        encoding = flow.response.headers.get("content-encoding") if flow.response else None
         self.store.finish(
             record.id,
             state=state,
             status=status,
             duration_ms=self._duration(record),
             stream=isinstance(flow.response.stream, DeliveredStream) if flow.response else False,
-            response_bytes=record.response_bytes,
-            response_body=bytes(record.delivered),
+            response_bytes=record.delivered.size,
+            response_body=self._decoded(record.delivered, encoding),
             error=message,
             **shared.row_fields(),
         )
+
+    def _logged(self, message: http.Message, passed: BodySample | None) -> tuple[bytes, int | None]:
+        """
+        A body for the log and its size on the wire: from what a stream kept on its way, or from
+        the buffered body. A body mitmproxy streamed on its own (past EDIT_LIMIT) went by unseen.
+        """
+        if passed is not None:
+            return self._decoded(passed, message.headers.get("content-encoding")), passed.size
+        if message.stream:
+            return b"", None
+        return body_sample(message, self._queued_cap), len(message.raw_content or b"")
+
+    def _decoded(self, passed: BodySample, encoding: str | None) -> bytes:
+        return sample(bytes(passed.head), encoding, self._queued_cap)
+
+    @property
+    def _queued_cap(self) -> int:
+        """Bodies are cut before they are queued, one byte past the log's cap: the store still sees (and marks) the cut."""
+        return self.settings.log_max_body_bytes + 1
 
     @staticmethod
     def _duration(record: Inflight) -> float:

@@ -15,6 +15,7 @@ from mitmproxy.proxy import mode_specs
 from mitmproxy.proxy import server_hooks
 from mitmproxy.utils import human
 
+from rerouter.flows import EDIT_LIMIT
 from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
 from rerouter.settings import Settings
@@ -57,6 +58,7 @@ def reverse_defaults(settings: Settings, given: Callable[[str], bool]) -> dict[s
         "listen_host": settings.listen_host,
         "listen_port": settings.listen_port,
         "connection_strategy": "lazy",
+        "stream_large_bodies": str(EDIT_LIMIT),  # a JSON body past it streams on unedited: buffering.py
     }
     return {option: value for option, value in ours.items() if not given(option)}
 

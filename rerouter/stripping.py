@@ -10,9 +10,11 @@ from dataclasses import field
 from mitmproxy import http
 
 from rerouter.flows import annotate
+from rerouter.flows import decoded
 from rerouter.flows import flow_state
 from rerouter.flows import json_object
 from rerouter.flows import media_type
+from rerouter.flows import note
 from rerouter.flows import set_json
 from rerouter.framing import EventStream
 from rerouter.framing import supports_encoding
@@ -109,7 +111,7 @@ class ThinkStrip:
         response = flow.response
         stream = self.streams.pop(flow.id, None)
         if stream is not None:
-            self._report(flow, stream.editor)
+            self._report_stream(flow, stream)
             return
         if (
             response is None
@@ -123,7 +125,7 @@ class ThinkStrip:
         if not (reasoning or echo):
             return  # the proxy leaves answers alone
         answer = Answer(reasoning, echo)
-        content = response.get_content(strict=False) or b""
+        content = decoded(response) or b""
         answer.findings.model = answer_model(content)
         if echo or (reasoning and may_hold_reasoning(content)):
             body = json_object(response)
@@ -134,7 +136,12 @@ class ThinkStrip:
     def error(self, flow: http.HTTPFlow) -> None:
         stream = self.streams.pop(flow.id, None)
         if stream is not None:
-            self._report(flow, stream.editor)
+            self._report_stream(flow, stream)
+
+    def _report_stream(self, flow: http.HTTPFlow, stream: EventStream) -> None:
+        self._report(flow, stream.editor)
+        if stream.note:
+            note(flow, stream.note)
 
     def _treatment(self, flow: http.HTTPFlow) -> tuple[Reasoning, bool, str | None]:
         """What this flow's answer gets: the reasoning mode, whether it starts inside a think block, the name to echo."""

@@ -34,10 +34,6 @@ _TAG = re.compile(r"<(/?)think>", re.IGNORECASE | re.ASCII)
 _CLOSE = re.compile(re.escape(CLOSE_TAG), re.IGNORECASE | re.ASCII)
 _WHITESPACE = re.compile(r"\s*")
 
-# What raw JSON must contain to hold a think tag or a reasoning field; Go's JSON encoder
-# (Ollama) writes `<` as \u003c. Without any of these a body or event needs no edit.
-_REASONING_HINT = re.compile(rb"<|\\u003[cC]|reasoning|thinking")
-
 # A `model` member with its JSON string value; inside a string the quotes would be escaped.
 _MODEL_FIELD = re.compile(rb'"model"\s*:\s*("(?:[^"\\]|\\.){0,1024}")')
 
@@ -249,7 +245,10 @@ class ThinkFilter:
 
 def may_hold_reasoning(raw: bytes) -> bool:
     """A cheap look at raw JSON bytes, so that most answers and events are never parsed."""
-    return _REASONING_HINT.search(raw) is not None
+    # What raw JSON must contain to hold a think tag or a reasoning field (a key, so quoted); Go's
+    # JSON encoder (Ollama) writes `<` as \u003c. Plain substring tests, one after the other: a regex
+    # alternation stops at every "r" and "t" of the text (4x slower), a generator costs a call each.
+    return b"<" in raw or b"\\u003c" in raw or b"\\u003C" in raw or b'"reasoning' in raw or b'"thinking"' in raw
 
 
 def answer_model(raw: bytes) -> str | None:

@@ -31,6 +31,7 @@ async def ask(dash: Dashboard, path: str, method: str = "GET", host: str = "127.
     f = reverse_flow(path, method=method)
     flow_state(f).client_host = host
     f.request.headers.update(headers)
+    dash.requestheaders(f)
     await dash.request(f)
     return f
 

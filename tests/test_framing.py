@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
+from rerouter.framing import MAX_HELD
+from rerouter.framing import MAX_READ_PLAIN
 from rerouter.framing import EventStream
 from rerouter.framing import LineFramer
 from rerouter.framing import SSEFramer
@@ -478,3 +480,49 @@ class TestFuzzFindings:
 )
 def test_ends_with_last_event(tail, last):
     assert ends_with_last_event(tail) is last
+
+
+class TestBounds:
+    """A stream never makes the proxy hold more than MAX_HELD of one event, nor inflate one read past MAX_READ_PLAIN."""
+
+    @pytest.mark.parametrize("kind", ["sse", "ndjson"])
+    def test_an_endless_event_passes_on_unedited(self, kind, caplog):
+        make, first = (EventStream.sse, sse(chat_chunk("<think>x</think>ok"))) if kind == "sse" else (
+            EventStream.ndjson, go_json({"message": {"content": "<think>x</think>ok"}, "done": False}) + b"\n"
+        )
+        stream = make(OpenAIChunkEditor() if kind == "sse" else OllamaChunkEditor())
+        endless = [b'data: {"x": "' if kind == "sse" else b'{"x": "'] + [b"<think>" + b"y" * 65536] * 20
+        output = b"".join(run(stream, [first, *endless]))
+        assert b"<think>x" not in output[:200], "events before the endless one are still edited"
+        assert output.endswith(b"".join(endless)), "the endless event arrives as it came, from its start"
+        assert stream.note == "stream passed on unedited: an event exceeded 1 MiB"
+        assert "stream passed on unedited" in caplog.text
+
+    def test_held_text_is_sent_before_the_unedited_rest(self):
+        stream = EventStream.sse(OpenAIChunkEditor())
+        endless = b'data: {"x": "' + b"y" * (MAX_HELD + 1)
+        output = b"".join(run(stream, [sse(chat_chunk("answer <thi")), endless]))
+        assert output.endswith(endless)
+        assert sse_text_of(output[: -len(endless)]) == "answer <thi"
+
+    def test_a_read_that_inflates_past_the_bound_ends_the_stream(self, caplog):
+        stream = EventStream.sse(OpenAIChunkEditor(), "gzip")
+        compressor = zlib.compressobj(9, wbits=31)
+        first = compressor.compress(sse(chat_chunk("hello"))) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        bomb = compressor.compress(b"data: " + b"a" * (MAX_READ_PLAIN + 1)) + compressor.flush()
+        output = run(stream, [first, bomb, b"more"])
+        assert sse_text_of(b"".join(output)) == "hello"
+        assert stream.note == "stream cut: a network read decompressed to more than 8 MiB"
+        assert "stream cut" in caplog.text
+
+    def test_a_compressible_stream_within_the_bound_is_edited(self):
+        event = sse(chat_chunk("a" * 4000))
+        data = gzip.compress(sse(chat_chunk("<think>x</think>")) + event * 1000)
+        stream = EventStream.sse(OpenAIChunkEditor(), "gzip")
+        output = b"".join(run(stream, [data]))
+        assert sse_text_of(output) == "a" * 4000 * 1000 and stream.note is None
+
+
+def sse_text_of(raw: bytes) -> str:
+    events = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: {")]
+    return "".join(c["delta"].get("content") or "" for e in events for c in e["choices"])

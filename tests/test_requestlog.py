@@ -12,8 +12,8 @@ from mitmproxy.test import taddons
 from dashboard import Dashboard
 from dashboard import log_filters
 from rerouter.flows import flow_state
+from rerouter.requestlog import BodySample
 from rerouter.requestlog import DeliveredStream
-from rerouter.requestlog import Inflight
 from rerouter.requestlog import RequestLog
 from rerouter.rules import Rules
 from rerouter.settings import Settings
@@ -23,24 +23,20 @@ from tests.conftest import reverse_flow
 from tests.conftest import start
 
 
-def record() -> Inflight:
-    return Inflight("id", "POST", "/v1/chat/completions", "a", "b", time.time(), time.monotonic())
-
-
 class TestDeliveredStream:
     def test_pass_through(self):
-        r = record()
-        stream = DeliveredStream(True, r, cap=5)
+        sample = BodySample(cap=5)
+        stream = DeliveredStream(True, sample)
         assert stream(b"hello world") == [b"hello world"]
         assert stream(b"") == []
-        assert r.response_bytes == 11 and r.delivered == b"hello"
+        assert sample.size == 11 and sample.head == b"hello"
 
     @pytest.mark.parametrize("inner", [lambda d: d.upper(), lambda d: [d.upper()] if d else []])
     def test_sees_what_the_inner_stream_sends(self, inner):
-        r = record()
-        stream = DeliveredStream(inner, r, cap=100)
+        sample = BodySample(cap=100)
+        stream = DeliveredStream(inner, sample)
         assert stream(b"abc") == [b"ABC"]
-        assert r.delivered == b"ABC"
+        assert sample.head == b"ABC"
 
 
 @pytest.fixture

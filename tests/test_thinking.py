@@ -17,6 +17,7 @@ from rerouter.thinking import Reasoning
 from rerouter.thinking import ThinkFilter
 from rerouter.thinking import answer_model
 from rerouter.thinking import edit_answer
+from rerouter.thinking import may_hold_reasoning
 from rerouter.thinking import split_think
 from rerouter.thinking import starts_inside
 from rerouter.thinking import strip_think
@@ -832,3 +833,20 @@ class TestOllamaChunkEditor:
         original = copy.deepcopy(event)
         assert OllamaChunkEditor().edit(event) is KEEP
         assert event == original
+
+
+@pytest.mark.parametrize(
+    "raw, hint",
+    [
+        (b'{"content": "<think>"}', True),
+        (b'{"content": "\\u003cthink\\u003e"}', True),
+        (b'{"content": "\\u003Cthink"}', True),
+        (b'{"delta": {"reasoning_content": "x"}}', True),
+        (b'{"delta": {"reasoning": "x"}}', True),
+        (b'{"message": {"thinking": "x"}}', True),
+        (b'{"content": "plain words about reasoning and thinking"}', False),
+        (b'{"content": "a \\u003e b"}', False),
+    ],
+)
+def test_may_hold_reasoning(raw, hint):
+    assert may_hold_reasoning(raw) is hint

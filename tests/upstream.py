@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import random
 import re
 import signal
 import socket
@@ -43,6 +44,8 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 NDJSON_TYPE = "application/x-ndjson"
 OPENAI_JSON_TYPE = "application/json"
 OLLAMA_JSON_TYPE = "application/json; charset=utf-8"  # what Ollama's gin router sends
+FILE_TYPE = "application/octet-stream"
+FILE_PIECE = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,6 +103,7 @@ _DECODERS: dict[str, Callable[[str], Any]] = {
     "garbage": _flag,
     "reset": int,
     "linger": float,
+    "file_size": int,
 }
 _ENCODERS: dict[str, Callable[[Any], str]] = {"text": json.dumps, "tokens": _encode_tokens}
 
@@ -124,6 +128,7 @@ class MockOptions:
         as llama.cpp ends its chunked body a moment after `data: [DONE]`.  gate: hold the stream after its first content event until
         released.  gzip: gzip the body, sync-flushed per event.  content_length: frame a stream
         with Content-Length instead of chunked.
+    file_size: bytes of a file download (GET /v1/files/{id}/content), see `file_bytes`.
     A non-stream reply counts as one body event for hang_after, reset and gate.
     """
 
@@ -144,6 +149,7 @@ class MockOptions:
     garbage: bool = False
     reset: int | None = None
     linger: float = 0.0
+    file_size: int = 1024
 
     def __post_init__(self) -> None:
         if self.reasoning not in ("tags", "field"):
@@ -154,6 +160,8 @@ class MockOptions:
             raise ValueError("x-mock-tokens must be at least 1")
         if self.write_bytes < 0:
             raise ValueError("x-mock-write-bytes must not be negative")
+        if self.file_size < 0:
+            raise ValueError("x-mock-file-size must not be negative")
 
     @staticmethod
     def header_name(field: str) -> str:
@@ -424,6 +432,7 @@ class Call:
         self.options = options
         self.models = list(models)
         self.body: dict[str, Any] = request.json if isinstance(request.json, dict) else {}
+        self.raw_body = request.body
         self.model = str(self.body.get("model") or self.body.get("name") or "")
         self.answer = Answer.from_options(options)
 
@@ -634,6 +643,25 @@ def _responses_stream(call: Call, response: dict[str, Any], message_id: str) -> 
     return sse_reply(framed, call.options, gate_after=gate_after)
 
 
+def file_bytes(size: int) -> bytes:
+    """The content of every mock file of `size` bytes: deterministic, and as incompressible as real binaries."""
+    return random.Random(size).randbytes(size)
+
+
+def openai_file_upload(call: Call) -> Reply:
+    """POST /v1/files with any body: the file object's `id` and `sha256` let a client check the bytes that arrived."""
+    digest = hashlib.sha256(call.raw_body).hexdigest()
+    body = {"id": f"file-{digest[:24]}", "object": "file", "bytes": len(call.raw_body), "sha256": digest}
+    return json_reply(body)
+
+
+def openai_file_content(call: Call) -> Reply:
+    """GET /v1/files/{id}/content: `file_size` bytes of `file_bytes`, sent in 1 MiB writes."""
+    content = file_bytes(call.options.file_size)
+    pieces = [content[i : i + FILE_PIECE] for i in range(0, len(content), FILE_PIECE)]
+    return Reply(200, FILE_TYPE, pieces or [b""])
+
+
 # Ollama ---------------------------------------------------------------------------------------
 
 Payload = Callable[[str, str], dict[str, Any]]
@@ -761,7 +789,19 @@ ROUTES: dict[tuple[str, str], Callable[[Call], Reply]] = {
     ("POST", "/api/generate"): ollama_generate,
     ("POST", "/api/embed"): ollama_embed,
     ("POST", "/api/show"): ollama_show,
+    ("POST", "/v1/files"): openai_file_upload,
 }
+# routes whose path carries a parameter
+PATTERN_ROUTES: list[tuple[str, re.Pattern[str], Callable[[Call], Reply]]] = [
+    ("GET", re.compile(r"/v1/files/[^/]+/content"), openai_file_content),
+]
+
+
+def route(method: str, path: str) -> Callable[[Call], Reply] | None:
+    exact = ROUTES.get((method, path))
+    if exact is not None:
+        return exact
+    return next((builder for m, pattern, builder in PATTERN_ROUTES if m == method and pattern.fullmatch(path)), None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1076,7 +1116,7 @@ class MockUpstream:
             return error_reply(path, options.status, f"mock upstream error {options.status}"), False
         if options.garbage:
             return Reply(200, OPENAI_JSON_TYPE, [GARBAGE_BODY]), False
-        builder = ROUTES.get((request.method, path))
+        builder = route(request.method, path)
         if builder is None:
             return error_reply(path, 404, f"unknown endpoint {request.method} {path}"), False
         try:

@@ -1,0 +1,39 @@
+"""The request log's queue is bounded by the bytes of the bodies it holds, not only by its number of entries."""
+
+import time
+
+from logstore import QUEUE_MAX_BYTES
+from logstore import Writer
+from logstore import body_bytes
+
+
+def test_body_bytes_of_queue_items():
+    assert body_bytes(("begin", {"id": "a", "request_body": b"x" * 10, "request_headers": [("a", "b")]})) == 10
+    assert body_bytes(("finish", "a", {"state": "completed", "response_body": bytearray(5)})) == 5
+    assert body_bytes(("cleanup",)) == 0
+
+
+def begin(writer: Writer, id: str, body: bytes) -> None:
+    writer.put(("begin", {"id": id, "started_at": time.time(), "request_body": body}))
+
+
+def test_a_stuck_writer_holds_at_most_queue_max_bytes_of_bodies(tmp_path):
+    writer = Writer(str(tmp_path / "log.db"), QUEUE_MAX_BYTES, 3600.0, 100)
+    body = b"x" * (QUEUE_MAX_BYTES // 4)
+    for i in range(6):  # the writer has not started: everything stays queued
+        begin(writer, f"r{i}", body)
+    assert (writer.dropped, writer.held_bytes) == (2, QUEUE_MAX_BYTES), "the fifth body would pass the bound"
+    writer.put(("finish", "r0", {"state": "completed", "response_body": b""}))
+    assert writer.dropped == 2, "entries without bodies still fit"
+    writer.start()
+    try:
+        deadline = time.monotonic() + 10
+        while writer.held_bytes:  # released once written, not when taken off the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        for i in range(6, 10):
+            begin(writer, f"r{i}", body)
+        assert writer.dropped == 2
+    finally:
+        writer.stop(10)
+    assert writer.held_bytes == 0
