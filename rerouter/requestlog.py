@@ -273,7 +273,7 @@ class RequestLog:
 
     def progress(self) -> dict[str, int]:
         """Bytes answered so far per request in flight; called on the log's writer thread, hence the copy."""
-        return {id: record.response_bytes for id, record in self.inflight.copy().items()}
+        return {id: record.delivered.size for id, record in self.inflight.copy().items()}
 
 
 def default_instance_name(port: int) -> str:

@@ -92,6 +92,8 @@ def test_two_replicas_share_one_log(rerouter, pg_url, openai_upstream):
         assert sorted(row["instance"] for row in rows) == ["a", "b"]
         assert all(row["path"] == "/v1/chat/completions" and row["elapsed_ms"] >= 0 for row in rows)
         assert get(proxy, "/api/stats")[1]["inflight"] == 2
+    # the other replica's bytes answered so far come with its next heartbeat
+    wait_for(lambda: all(row["response_bytes"] > 0 for row in inflight(a)), 10)
     held_a.finish()
     wait_for(lambda: [row["instance"] for row in inflight(a)] == ["b"])
     for proxy in (a, b):
