@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -37,6 +36,7 @@ from dashboard.access import valid_session
 from dashboard.queries import Busy
 from dashboard.queries import QueryPool
 from logstore import LogStore
+from logstore import LogUnavailable
 from logstore import ReadTimeout
 from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
@@ -226,7 +226,7 @@ class Dashboard:
             return json_answer({"error": "the dashboard is busy with other queries; try again"}, 503, **retry_after(1))
         except ReadTimeout as e:
             return json_answer({"error": f"the query was {e}; narrow the filters"}, 503)
-        except sqlite3.Error as e:
+        except LogUnavailable as e:
             logger.warning(f"request log unreadable: {e}")
             return json_answer({"error": f"the request log cannot be read: {e}"}, 503)
         except Exception:
@@ -285,10 +285,13 @@ class Dashboard:
 
     async def stats(self, flow: http.HTTPFlow) -> http.Response:
         stats = await self.queries.run(self.store().stats)
-        return json_answer({**stats, "inflight": len(self.log.inflight)})
+        return json_answer({**stats, "inflight": stats["inflight"] + len(self.log.inflight)})
 
     async def inflight(self, flow: http.HTTPFlow) -> http.Response:
-        return json_answer({"inflight": self.log.inflight_rows()})
+        """This replica's requests in flight, then those of the replicas sharing its database."""
+        store = self.store()
+        elsewhere = await self.queries.run(store.inflight_elsewhere) if store.shared else []
+        return json_answer({"inflight": self.log.inflight_rows() + elsewhere})
 
     async def rules_route(self, flow: http.HTTPFlow) -> http.Response:
         path, _, query = flow.request.path.partition("?")
@@ -307,7 +310,7 @@ class Dashboard:
         """The open store; mitmproxy looks at every attribute of an addon, so this is not a property."""
         store = self.log.store
         if store is None:
-            raise sqlite3.OperationalError("the request log is closed")
+            raise LogUnavailable("the request log is closed")
         return store
 
     def response(self, flow: http.HTTPFlow) -> None:

@@ -1,3 +1,9 @@
+"""
+The request log's store. The tests on the `store` and `location` fixtures run against both
+databases, an SQLite file and a real PostgreSQL server (tests/pgserver.py), and expect the same
+answers from both; the rest are about what only SQLite has (the file, its pragmas, locks).
+"""
+
 import json
 import logging
 import os
@@ -9,6 +15,7 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import logstore
@@ -18,6 +25,9 @@ from logstore import MIGRATIONS
 from logstore import ROW_FIELDS
 from logstore import TRUNCATED
 from logstore import LogStore
+from logstore import LogUnavailable
+from logstore import SqliteDatabase
+from pglogstore import placeholders
 
 SECRET = "sk-live-S3CR3T-do-not-log"
 NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
@@ -70,11 +80,15 @@ def total(store: LogStore, **filters) -> int:
 
 
 def raw(store: LogStore, sql: str, params=()) -> list:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """A query straight to the store's database, past the store."""
+    if isinstance(store.database, SqliteDatabase):
+        conn = sqlite3.connect(store.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(store.database.url) as conn:
+        return [tuple(row) for row in conn.execute(placeholders(sql), params).fetchall()]
 
 
 def pragma(path: Path, name: str):
@@ -90,10 +104,28 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "requests.db"
 
 
-@pytest.fixture
-def store(path: Path):
-    store = LogStore(str(path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, path: Path) -> str:
+    """Where a store keeps its log: an SQLite file, or a fresh database on the tests' PostgreSQL server."""
+    return str(path) if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def opened(location: str, **options) -> LogStore:
+    store = LogStore(location, **options)
     store.open()
+    return store
+
+
+@pytest.fixture
+def store(location: str):
+    store = opened(location)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(path: Path):
+    store = opened(str(path))
     yield store
     store.close()
 
@@ -355,8 +387,8 @@ class TestWriting:
         assert row["stream"] is True
         assert (row["requested_model"], row["routed_model"]) == ("gpt-4o", "qwen3:8b")
 
-    def test_begin_and_finish_in_one_batch(self, path):
-        store = LogStore(str(path))
+    def test_begin_and_finish_in_one_batch(self, location):
+        store = LogStore(location)
         store.begin(request("r1", started_at=time.time()))
         store.finish("r1", state="completed", status=200)
         store.open()
@@ -436,22 +468,21 @@ class TestBodies:
             (bytearray(b"x" * 80), None, "x" * 80),
         ],
     )
-    def test_response_body_cap_and_marker(self, path, body, response_bytes, expected):
-        store = LogStore(str(path), max_body_bytes=100)
-        store.open()
+    def test_response_body_cap_and_marker(self, location, body, response_bytes, expected):
+        store = opened(location, max_body_bytes=100)
         store.begin(request("r1"))
         store.finish("r1", state="completed", response_body=body, response_bytes=response_bytes)
         store.close()
         assert store.get("r1")["response_body"] == expected
 
-    def test_body_cut_inside_a_character_still_decodes(self, path):
-        store = LogStore(str(path), max_body_bytes=3)
-        store.open()
+    def test_body_cut_inside_a_character_still_decodes(self, location):
+        store = opened(location, max_body_bytes=3)
         store.begin(request("r1", request_body="aé€".encode(), request_bytes=6))
         store.close()
         assert store.get("r1")["request_body"] == f"aé\n{TRUNCATED}: 6 bytes in total]"
 
-    def test_big_bodies_are_stored_compressed_and_read_back_whole(self, store):
+    def test_big_bodies_are_stored_compressed_and_read_back_whole(self, sqlite_store):
+        store = sqlite_store
         answer = b"".join(
             b'data: {"choices": [{"index": 0, "delta": {"content": " word%d"}}]}\n\n' % number for number in range(400)
         )
@@ -500,7 +531,8 @@ class TestRedaction:
     def files(self, path: Path) -> list[Path]:
         return [file for file in path.parent.iterdir() if file.name.startswith(path.name)]
 
-    def test_secrets_never_reach_the_files(self, store, path):
+    def test_secrets_never_reach_the_files(self, sqlite_store, path):
+        store = sqlite_store
         write(store, request("r1", path=self.PATH, request_headers=self.HEADERS), state="completed")
         written = self.files(path)
         assert {file.name for file in written} >= {"requests.db", "requests.db-wal", "requests.db-shm"}
@@ -624,9 +656,8 @@ class TestQueries:
         store.close()
         assert self.ids(store) == ["b", "c", "a", "d"]
 
-    def test_search_covers_only_the_stored_part_of_a_body(self, path):
-        store = LogStore(str(path), max_body_bytes=10)
-        store.open()
+    def test_search_covers_only_the_stored_part_of_a_body(self, location):
+        store = opened(location, max_body_bytes=10)
         store.begin(request("r1", request_body=b"0123456789needle"))
         store.close()
         assert total(store, q="needle") == 0
@@ -634,6 +665,19 @@ class TestQueries:
 
     def test_unknown_id(self, store):
         assert store.get("nope") is None
+
+    def test_unmatched_models(self, store):
+        for id, started, requested, routed, status in [
+            ("1", 100.0, "mystery", "mystery", 404),
+            ("2", 200.0, "mystery", "mystery", 200),
+            ("3", 150.0, "gpt-4", "llama3-70b", 200),
+            ("4", 300.0, "unrouted", None, None),
+            ("5", 900.0, "later", "later", 200),
+        ]:
+            store.begin(request(id, started, requested_model=requested, routed_model=routed))
+            store.finish(id, state="completed", status=status)
+        store.close()
+        assert store.unmatched_models(before=500.0, limit=10) == [("unrouted", 1, 300.0, 0), ("mystery", 2, 200.0, 1)]
 
     @pytest.mark.parametrize(
         "body, text",
@@ -660,6 +704,7 @@ class TestStats:
             "by_model_detail": {},
             "by_status": {},
             "errors": 0,
+            "inflight": 0,
             "last_hour": 0,
             "last_24h": 0,
             "avg_duration_ms": None,
@@ -798,17 +843,15 @@ class TestRetention:
 
 
 class TestCrashRecovery:
-    def test_rows_left_inflight_are_aborted(self, path):
-        crashed = LogStore(str(path))
-        crashed.open()
+    def test_rows_left_inflight_are_aborted(self, location):
+        crashed = opened(location)
         now = time.time()
         crashed.begin(request("running", now))
         crashed.begin(request("done", now))
         crashed.finish("done", state="completed", status=200, duration_ms=5.0)
         crashed.close()
 
-        store = LogStore(str(path))
-        store.open()
+        store = opened(location)
         store.close()
         running = store.get("running")
         assert (running["state"], running["error"]) == ("aborted", ABORTED_ERROR)
@@ -822,7 +865,8 @@ read_only_files = pytest.mark.skipif(
 
 
 class TestFaults:
-    def test_locked_database_is_retried_without_losing_rows(self, store, path):
+    def test_locked_database_is_retried_without_losing_rows(self, sqlite_store, path):
+        store = sqlite_store
         lock = Lock(path)
         try:
             for number in range(20):
@@ -887,7 +931,7 @@ class TestFaults:
         def written() -> bool:
             try:
                 return store.get("after") is not None
-            except sqlite3.OperationalError:
+            except LogUnavailable:
                 return False
 
         store.begin(request("after"))
