@@ -10,7 +10,7 @@ RUN pip install -r requirements.txt
 
 RUN useradd --create-home --uid 10001 rerouter \
     && mkdir /data && chown rerouter /data
-COPY rerouter_addon.py logstore.py ./
+COPY rerouter_addon.py logstore.py pglogstore.py ./
 COPY rerouter/ rerouter/
 COPY dashboard/ dashboard/
 

@@ -1,5 +1,5 @@
 """
-The request log: one SQLite file, written by one background thread.
+The request log: one SQLite file (or a PostgreSQL database, see pglogstore), written by one background thread.
 
 The proxy's event loop never waits on the disk: `begin`, `finish` and
 `cleanup` only put an item on a bounded queue, and a writer thread drains it
@@ -16,9 +16,10 @@ compressed: `request_bodies` (redacted headers and the request body) with the
 row, when the request starts; `response_bodies` (as delivered) when it ends.
 
 The read side is plain functions of a DB-API connection (`query_logs`,
-`query_row`, `query_stats`) in portable SQL with `?` placeholders, so that
-another backend can run them; what is SQLite's own (pragmas, migrations,
-compaction, the text search in bodies) is said where it is.
+`query_row`, `query_stats`) in portable SQL with `?` placeholders, which
+both databases run. What differs (connecting, the schema, writing a batch,
+retention, the text search in bodies) sits behind `Database`: SQLite's is
+`SqliteDatabase` here, PostgreSQL's is in pglogstore.
 """
 
 import contextlib
@@ -33,6 +34,7 @@ import stat
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +43,7 @@ from datetime import datetime
 from datetime import timezone
 from pathlib import Path
 from typing import Any
+from typing import Protocol
 
 from rerouter.answers import answer_text
 from rerouter.redaction import redact_headers
@@ -57,6 +60,8 @@ BATCH_SIZE = 500
 RETENTION_BATCH = 1000
 """Rows per DELETE, so that retention never holds the write lock for long."""
 MAX_PAGE = 500
+MAX_INFLIGHT_ELSEWHERE = 1000
+"""Other replicas' requests listed at most by /api/inflight."""
 BUSY_TIMEOUT = 1.0
 """Seconds to wait for a lock: a locked database fails fast and the writer's retry takes over."""
 READ_TIME_LIMIT = 5.0
@@ -294,12 +299,23 @@ _WAKE = ("wake",)
 """Put by close() so that a writer blocked on an empty queue notices it should stop."""
 
 
-class ReadTimeout(sqlite3.OperationalError):
+class LogUnavailable(Exception):
+    """The log cannot be read now (the file, the server); the message is safe to show."""
+
+
+class ReadTimeout(LogUnavailable):
     """A read ran past its time limit and was stopped."""
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrations_due(version: int, known: int, refusal: type[Exception]) -> bool:
+    """Whether a database at schema `version` lacks some of the `known` migrations; a newer one is refused."""
+    if version > known:
+        raise refusal(f"request log schema version {version} is newer than this proxy knows ({known})")
+    return version < known
 
 
 def migrate(conn: sqlite3.Connection) -> None:
@@ -309,11 +325,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     and masks what the old version stored, and the old bytes must not linger in free pages.
     """
     version = schema_version(conn)
-    if version > len(MIGRATIONS):
-        raise sqlite3.DatabaseError(
-            f"request log schema version {version} is newer than this proxy knows ({len(MIGRATIONS)})"
-        )
-    if version == len(MIGRATIONS):
+    if not migrations_due(version, len(MIGRATIONS), sqlite3.DatabaseError):
         return
     if version:
         logger.info("upgrading the request log from schema version %d to %d", version, len(MIGRATIONS))
@@ -441,9 +453,11 @@ def pack(body: bytes | None) -> tuple[bytes | None, bool]:
     return (packed, True) if len(packed) < len(body) else (body, False)
 
 
-def unpack(stored: bytes | None, compressed: int) -> bytes:
+def unpack(stored: str | bytes | None, compressed: int) -> bytes:
     if stored is None:
         return b""
+    if isinstance(stored, str):  # PostgreSQL keeps bodies as text, and compresses them itself
+        return stored.encode()
     return zlib.decompress(stored) if compressed else bytes(stored)
 
 
@@ -482,6 +496,8 @@ class RateLimit:
 class Batch:
     """Queue items as statement parameters: bodies cut, secrets masked, values of the types SQLite binds."""
 
+    store_body: Callable[[bytes | None], tuple[Any, bool]] = pack
+    """A cut body as the database stores it, and whether that is zlib-compressed."""
     size: int = 0
     inserts: list[tuple] = field(default_factory=list)
     request_bodies: list[tuple] = field(default_factory=list)
@@ -508,7 +524,7 @@ class Batch:
             self.request_bodies.append(
                 (
                     json.dumps(redact_headers(row.get("request_headers") or ())),
-                    *pack(cap_body(row.get("request_body"), row.get("request_bytes"), max_body_bytes)),
+                    *self.store_body(cap_body(row.get("request_body"), row.get("request_bytes"), max_body_bytes)),
                     str(row["id"]),
                 )
             )
@@ -539,14 +555,176 @@ class Batch:
         self.updates.append((*columns, str(id)))
         if fields.get("response_body") is not None:
             body = cap_body(fields["response_body"], fields.get("response_bytes"), max_body_bytes)
-            self.response_bodies.append((*pack(body), str(id)))
+            self.response_bodies.append((*self.store_body(body), str(id)))
+
+
+class Reader(Protocol):
+    """A read connection as the queries use it: `?` placeholders, rows as tuples."""
+
+    def execute(self, sql: str, params: Iterable[Any] = ..., /) -> Any: ...
+
+
+class Database(Protocol):
+    """
+    One kind of database under the log. The writer thread alone calls `write`,
+    `retain`, `tick` and `disconnect`, on a write connection the database keeps;
+    the reads may come from any thread.
+    """
+
+    where: str
+    """The file or server, as messages may show it."""
+    transient: tuple[type[Exception], ...]
+    """Write errors that a retry of the same batch can outlive."""
+    errors: tuple[type[Exception], ...]
+    """Every error of the driver."""
+    tick_seconds: float | None
+    """How often the writer calls `tick` whatever else it does; None = never."""
+    shared: bool
+    """Whether other proxy processes (replicas) write to it too."""
+    gather_seconds: float
+    """How long the writer waits for more entries before it writes: each transaction costs a round trip."""
+
+    def prepare(self, cutoff: float) -> None:
+        """
+        Blocking, before the writer starts: what must fail at startup rather than later,
+        and the first retention (rows started before `cutoff`), now or as soon as it can.
+        """
+
+    def store_body(self, body: bytes | None) -> tuple[Any, bool]:
+        """A cut body as this database stores it, and whether that is zlib-compressed."""
+
+    def write(self, batch: Batch) -> None: ...
+
+    def retain(self, cutoff: float) -> None:
+        """Deletes the requests started before `cutoff` and gives their space back."""
+
+    def tick(self) -> None: ...
+
+    def disconnect(self) -> None: ...
+
+    def describe(self, error: Exception) -> str:
+        """An error's message as it may be shown."""
+
+    def reading(self, time_limit: float) -> contextlib.AbstractContextManager[Reader]:
+        """A read connection in one transaction, so that counts and rows agree; ReadTimeout past the time limit."""
+
+    def search(self, q: str) -> tuple[str, list[Any]]:
+        """A WHERE clause and its parameters for the rows whose path or bodies hold `q`, in any letter case."""
+
+    def inflight_elsewhere(self, instance: str | None, limit: int, time_limit: float) -> list[tuple]:
+        """Requests other replicas serve now: id, method, path, models, started_at, instance, bytes so far."""
+
+    def close(self) -> None:
+        """Lets go of what the reads keep open."""
+
+
+class SqliteDatabase:
+    """The request log in one SQLite file in WAL mode, which one proxy process owns."""
+
+    transient = (sqlite3.OperationalError, OSError)
+    errors = (sqlite3.Error,)
+    tick_seconds = None
+    shared = False
+    gather_seconds = 0.0
+    store_body = staticmethod(pack)
+
+    def __init__(self, path: str) -> None:
+        self.where = self.path = str(Path(path).absolute())
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._read_uri = Path(self.path).as_uri() + "?mode=ro"
+
+    def prepare(self, cutoff: float) -> None:
+        """Opens the file now, so that a path that cannot be used stops startup."""
+        conn = open_for_writing(self.path)
+        try:
+            self._warn_if_shared()
+            conn.execute("UPDATE requests SET state = 'aborted', error = ? WHERE state = 'inflight'", (ABORTED_ERROR,))
+            delete_older_than(conn, cutoff)
+        finally:
+            conn.close()
+
+    def _warn_if_shared(self) -> None:
+        """A file made before the log was created private (or made so by its user) is left as it is, but said."""
+        mode = stat.S_IMODE(os.stat(self.path).st_mode)
+        if mode & ~PRIVATE_FILE:
+            logger.warning(
+                "request log %s has mode %o: other users may read the prompts and answers in it (chmod 600 stops that)",
+                self.path,
+                mode,
+            )
+
+    def write(self, batch: Batch) -> None:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        with conn:
+            conn.executemany(INSERT, batch.inserts)
+            conn.executemany(INSERT_REQUEST_BODY, batch.request_bodies)
+            conn.executemany(UPDATE, batch.updates)
+            conn.executemany(INSERT_RESPONSE_BODY, batch.response_bodies)
+
+    def retain(self, cutoff: float) -> None:
+        delete_older_than(self._connection(), cutoff)
+
+    def tick(self) -> None:
+        pass
+
+    def _connection(self) -> sqlite3.Connection:
+        """Reopens the file when it was deleted or replaced: the old connection would write into the void."""
+        # an identity of None means the file vanished while it was being opened: open it again
+        if self._conn is not None and (self._identity is None or file_identity(self.path) != self._identity):
+            logger.warning("request log %s was removed or replaced; opening it again", self.path)
+            self.disconnect()
+        if self._conn is None:
+            self._conn = open_for_writing(self.path)
+            self._identity = file_identity(self.path)
+        return self._conn
+
+    def disconnect(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._conn = None
+
+    @staticmethod
+    def describe(error: Exception) -> str:
+        return str(error)
+
+    @contextlib.contextmanager
+    def reading(self, time_limit: float) -> Iterator[sqlite3.Connection]:
+        """A read-only connection of the call's own."""
+        conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
+        deadline = time.monotonic() + time_limit
+        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
+        try:
+            conn.create_function("contains_text", 3, contains_text, deterministic=True)
+            conn.execute("BEGIN")
+            yield conn
+        except sqlite3.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise ReadTimeout(f"stopped after {time_limit:g} s") from e
+            raise
+        finally:
+            conn.close()
+
+    @staticmethod
+    def search(q: str) -> tuple[str, list[Any]]:
+        return text_search(q)
+
+    @staticmethod
+    def inflight_elsewhere(instance: str | None, limit: int, time_limit: float) -> list[tuple]:
+        """None: the file has no other replicas."""
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 class Writer:
-    """The queue, the one thread that drains it, and the write connection that thread owns."""
+    """The queue and the one thread that drains it into the database, which only that thread writes."""
 
-    def __init__(self, path: str, max_body_bytes: int, max_age_seconds: float, queue_size: int) -> None:
-        self.path = path
+    def __init__(self, database: Database, max_body_bytes: int, max_age_seconds: float, queue_size: int) -> None:
+        self.database = database
         self.max_body_bytes = max_body_bytes
         self.max_age_seconds = max_age_seconds
         self.queue: queue.Queue[tuple] = queue.Queue(queue_size)
@@ -557,8 +735,7 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._closing = threading.Event()
         self._deadline = math.inf
-        self._conn: sqlite3.Connection | None = None
-        self._identity: tuple[int, int] | None = None
+        self._next_tick = 0.0
         self._abandoned = 0
         self._drop_warning = RateLimit(DROP_WARNING_INTERVAL)
         self._failure_warning = RateLimit(FAILURE_WARNING_INTERVAL)
@@ -605,31 +782,55 @@ class Writer:
     def _run(self) -> None:
         try:
             while not self._finished():
+                self._tick()
                 items = self._take()
                 batch = self._prepare(items)
                 if batch.size:
                     self._write_or_skip(batch)
                 self._release(items)
         finally:
-            self._disconnect()
+            self.database.disconnect()
             self._report_unwritten()
 
     def _finished(self) -> bool:
         return time.monotonic() >= self._deadline or (self._closing.is_set() and self.queue.empty())
 
     def _take(self) -> list[tuple]:
-        """Blocks for one item, then takes what else is queued already, to write it all in one transaction."""
-        items = [self.queue.get()]
+        """
+        Blocks for one item (until the next tick at most), then takes what else is
+        queued already, or arrives within the database's gathering time, to write it
+        all in one transaction.
+        """
+        timeout = None if self.database.tick_seconds is None else max(0.0, self._next_tick - time.monotonic())
+        try:
+            items = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        gathered_by = time.monotonic() + self.database.gather_seconds
         while len(items) < BATCH_SIZE:
             try:
-                items.append(self.queue.get_nowait())
+                items.append(self.queue.get(timeout=max(0.0, gathered_by - time.monotonic())))
             except queue.Empty:
+                break
+            if items[-1] is _WAKE:
                 break
         return [item for item in items if item is not _WAKE]
 
+    def _tick(self) -> None:
+        """The database's periodic work; a failed tick costs no entries, and the next one tries again."""
+        if self.database.tick_seconds is None or time.monotonic() < self._next_tick:
+            return
+        self._next_tick = time.monotonic() + self.database.tick_seconds
+        try:
+            self.database.tick()
+        except Exception as e:
+            self.database.disconnect()
+            if self._failure_warning.ready():
+                logger.warning("request log %s: %s", self.database.where, e)
+
     def _prepare(self, items: list[tuple]) -> Batch:
         """Done once per batch and before any retry, which also lets go of big bodies early."""
-        batch = Batch()
+        batch = Batch(self.database.store_body)
         for item in items:
             try:
                 batch.add(item, self.max_body_bytes)
@@ -644,7 +845,7 @@ class Writer:
         try:
             self._write_with_retry(batch)
         except Exception:
-            self._disconnect()
+            self.database.disconnect()
             self.failures += batch.size
             if self._failure_warning.ready():
                 logger.exception("cannot write %d request log entries; skipping them", batch.size)
@@ -656,15 +857,15 @@ class Writer:
         while True:
             try:
                 self._write(batch)
-            except (sqlite3.OperationalError, OSError) as e:
-                self._disconnect()
+            except self.database.transient as e:
+                self.database.disconnect()
                 if attempts == 0:
                     self.failures += batch.size
                 attempts += 1
                 if self._failure_warning.ready():
                     logger.warning(
                         "cannot write request log %s: %s; retrying (%d entries waiting)",
-                        self.path,
+                        self.database.where,
                         e,
                         batch.size + self.queue.qsize(),
                     )
@@ -674,21 +875,15 @@ class Writer:
                 delay = min(delay * 2, RETRY_MAX_DELAY)
             else:
                 if attempts:
-                    logger.info("request log %s written again after %d failed attempts", self.path, attempts)
+                    logger.info("request log %s written again after %d failed attempts", self.database.where, attempts)
                 return
 
     def _write(self, batch: Batch) -> None:
-        conn = self._connection()
-        conn.execute("BEGIN IMMEDIATE")
-        with conn:
-            conn.executemany(INSERT, batch.inserts)
-            conn.executemany(INSERT_REQUEST_BODY, batch.request_bodies)
-            conn.executemany(UPDATE, batch.updates)
-            conn.executemany(INSERT_RESPONSE_BODY, batch.response_bodies)
+        self.database.write(batch)
         # When retention fails after the commit, writing the batch again is harmless:
         # known ids and bodies are not inserted twice and the updates set the same values.
         if batch.cleanup:
-            delete_older_than(conn, time.time() - self.max_age_seconds)
+            self.database.retain(time.time() - self.max_age_seconds)
 
     def _pause(self, seconds: float) -> bool:
         """Sleeps between retries, never past close()'s deadline; False once that has passed."""
@@ -696,23 +891,6 @@ class Writer:
         self._closing.wait(seconds)
         time.sleep(max(0.0, min(end, self._deadline) - time.monotonic()))
         return time.monotonic() < self._deadline
-
-    def _connection(self) -> sqlite3.Connection:
-        """Reopens the file when it was deleted or replaced: the old connection would write into the void."""
-        # an identity of None means the file vanished while it was being opened: open it again
-        if self._conn is not None and (self._identity is None or file_identity(self.path) != self._identity):
-            logger.warning("request log %s was removed or replaced; opening it again", self.path)
-            self._disconnect()
-        if self._conn is None:
-            self._conn = open_for_writing(self.path)
-            self._identity = file_identity(self.path)
-        return self._conn
-
-    def _disconnect(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._conn = None
 
     def _report_unwritten(self) -> None:
         unwritten = self._abandoned
@@ -727,18 +905,34 @@ class Writer:
             logger.warning("request log: %d entries were not written before close() gave up", unwritten)
 
 
+def open_database(location: str, instance: str | None, progress: Callable[[], dict[str, int]]) -> Database:
+    """A postgresql:// URL is a PostgreSQL database that replicas share; anything else is an SQLite file's path."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from pglogstore import PostgresDatabase  # the driver loads only for those who use it
+
+        return PostgresDatabase(location, instance, progress)
+    return SqliteDatabase(location)
+
+
 class LogStore:
     """
     The request log as the addon sees it: writes that only enqueue, for the event loop,
     and blocking reads, for a worker thread.
+
+    `location` is an SQLite file's path or a PostgreSQL URL; `instance` names the proxy
+    process in every row it writes (INSTANCE_NAME); `progress` gives the bytes answered
+    so far per request in flight, which a shared database shows the other replicas (it
+    is called on the writer thread).
     """
 
     def __init__(
         self,
-        path: str,
+        location: str,
         max_body_bytes: int = 262144,
         max_age_days: float = 7.0,
         queue_size: int = 10000,
+        instance: str | None = None,
+        progress: Callable[[], dict[str, int]] = dict,
         read_time_limit: float = READ_TIME_LIMIT,
     ) -> None:
         if max_age_days <= 0:
@@ -747,11 +941,21 @@ class LogStore:
             raise ValueError(f"max_body_bytes must not be negative, got {max_body_bytes}")
         if queue_size < 1:
             raise ValueError(f"queue_size must be at least 1, got {queue_size}")
-        self.path = str(Path(path).absolute())
+        self.instance = instance
+        self.database = open_database(location, instance, progress)
         self.max_age_seconds = max_age_days * SECONDS_PER_DAY
-        self._writer = Writer(self.path, max_body_bytes, self.max_age_seconds, queue_size)
-        self._read_uri = Path(self.path).as_uri() + "?mode=ro"
+        self._writer = Writer(self.database, max_body_bytes, self.max_age_seconds, queue_size)
         self.read_time_limit = read_time_limit
+
+    @property
+    def path(self) -> str:
+        """Where the log is, as messages may show it: the file, or the URL with its password masked."""
+        return self.database.where
+
+    @property
+    def shared(self) -> bool:
+        """Whether replicas share the log: then some of its requests in flight are theirs."""
+        return self.database.shared
 
     @property
     def failures(self) -> int:
@@ -770,31 +974,16 @@ class LogStore:
 
     def open(self) -> None:
         """Blocking; entries queued before it are written once the writer runs."""
-        conn = open_for_writing(self.path)
-        try:
-            self._warn_if_shared()
-            conn.execute("UPDATE requests SET state = 'aborted', error = ? WHERE state = 'inflight'", (ABORTED_ERROR,))
-            delete_older_than(conn, time.time() - self.max_age_seconds)
-        finally:
-            conn.close()
+        self.database.prepare(time.time() - self.max_age_seconds)
         self._writer.start()
 
     def close(self, timeout: float = 5.0) -> None:
         self._writer.stop(timeout)
-
-    def _warn_if_shared(self) -> None:
-        """A file made before the log was created private (or made so by its user) is left as it is, but said."""
-        mode = stat.S_IMODE(os.stat(self.path).st_mode)
-        if mode & ~PRIVATE_FILE:
-            logger.warning(
-                "request log %s has mode %o: other users may read the prompts and answers in it (chmod 600 stops that)",
-                self.path,
-                mode,
-            )
+        self.database.close()
 
     def begin(self, row: dict) -> None:
         # A copy, because the writer reads the row later on its own thread.
-        self._writer.put((_BEGIN, dict(row)))
+        self._writer.put((_BEGIN, {"instance": self.instance, **row}))
 
     def finish(self, id: str, **fields: Any) -> None:
         self._writer.put((_FINISH, id, fields))
@@ -805,7 +994,7 @@ class LogStore:
     def logs(self, **filters: Any) -> tuple[list[dict], int]:
         """See query_logs."""
         with self._reading() as conn:
-            return query_logs(conn, **filters)
+            return query_logs(conn, search=self.database.search, **filters)
 
     def get(self, id: str) -> dict | None:
         """See query_row."""
@@ -813,27 +1002,43 @@ class LogStore:
             return query_row(conn, id)
 
     def stats(self, now: float | None = None) -> dict:
-        """See query_stats; plus the writer's own counters."""
+        """
+        See query_stats; plus the writer's own counters, and in `inflight` the requests
+        that other replicas serve now (the caller knows its own).
+        """
         with self._reading() as conn:
             stats = query_stats(conn, time.time() if now is None else now)
-        return {**stats, "log_failures": self.failures, "log_dropped": self.dropped, "log_queue": self.queued}
+            (inflight_elsewhere,) = conn.execute(
+                "SELECT count(*) FROM requests WHERE state = 'inflight' AND instance <> ?", (self.instance or "",)
+            ).fetchone()
+        return {
+            **stats,
+            "inflight": inflight_elsewhere,
+            "log_failures": self.failures,
+            "log_dropped": self.dropped,
+            "log_queue": self.queued,
+        }
 
-    @contextlib.contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        """A read-only connection of the call's own, in one transaction so that counts and rows agree."""
-        conn = sqlite3.connect(self._read_uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None)
-        deadline = time.monotonic() + self.read_time_limit
-        conn.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
-        try:
-            conn.create_function("contains_text", 3, contains_text, deterministic=True)
-            conn.execute("BEGIN")
-            yield conn
-        except sqlite3.OperationalError as e:
-            if time.monotonic() > deadline:
-                raise ReadTimeout(f"stopped after {self.read_time_limit:g} s") from e
-            raise
-        finally:
-            conn.close()
+    def inflight_elsewhere(self, now: float | None = None) -> list[dict]:
+        """The requests that other replicas sharing the database serve now, as /api/inflight lists them."""
+        if now is None:
+            now = time.time()
+        with self._translated_errors():
+            rows = self.database.inflight_elsewhere(self.instance, MAX_INFLIGHT_ELSEWHERE, self.read_time_limit)
+        return [
+            {
+                "id": id,
+                "method": method,
+                "path": path,
+                "requested_model": requested_model,
+                "routed_model": routed_model,
+                "started_at": iso_utc(started_at),
+                "elapsed_ms": round(max(0.0, now - started_at) * 1000, 1),
+                "response_bytes": response_bytes or 0,
+                "instance": instance,
+            }
+            for id, method, path, requested_model, routed_model, started_at, instance, response_bytes in rows
+        ]
 
     def unmatched_models(self, before: float, limit: int) -> list[tuple[str, int, float, int]]:
         """
@@ -853,9 +1058,23 @@ class LogStore:
                 (before, limit),
             ).fetchall()
 
+    @contextlib.contextmanager
+    def _translated_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except self.database.errors as e:
+            raise LogUnavailable(self.database.describe(e)) from e
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Reader]:
+        with self._translated_errors(), self.database.reading(self.read_time_limit) as conn:
+            yield conn
+
+
 def query_logs(
     conn: Any,
     *,
+    search: Callable[[str], tuple[str, list[Any]]],
     limit: int = 50,
     offset: int = 0,
     model: str | None = None,
@@ -864,7 +1083,10 @@ def query_logs(
     state: str | None = None,
     q: str | None = None,
 ) -> tuple[list[dict], int]:
-    """A page of rows matching the filters, newest first, and how many rows match in all."""
+    """
+    A page of rows matching the filters, newest first, and how many rows match in all;
+    `search` makes the clause for `q` (the database's own).
+    """
     clauses: list[str] = []
     params: list[Any] = []
     if model is not None:
@@ -875,7 +1097,7 @@ def query_logs(
             clauses.append(f"{column} = ?")
             params.append(value)
     if q:
-        clause, searched = text_search(q)
+        clause, searched = search(q)
         clauses.append(clause)
         params += searched
     where = " WHERE " + " AND ".join(clauses) if clauses else ""

@@ -20,6 +20,8 @@ import sys
 from dashboard import Dashboard
 from rerouter.buffering import Buffering
 from rerouter.buffering import Reclaim
+from rerouter.figures import Figures
+from rerouter.metrics import Metrics
 from rerouter.printing import PrintedSecrets
 from rerouter.requestlog import RequestLog
 from rerouter.rewriting import ModelRewrite
@@ -33,15 +35,16 @@ from rerouter.upstream_failures import UpstreamFailures
 settings = Settings()
 request_log = RequestLog(settings)
 rules = Rules(settings, request_log)
-dashboard = Dashboard(settings, request_log, rules)
+metrics = Metrics(request_log)
+dashboard = Dashboard(settings, request_log, rules, metrics)
 
 # The order is the way data walks, and it matters: the dashboard answers its local routes before
 # anything could send them upstream; routing picks the upstream before the timeout starts; buffering
 # decides which bodies stream (the dashboard's answers never do); the rules (MODEL_MAP or its file)
-# are in force before the rewrite asks them and records the model names; the think filter wraps the
-# answer's stream before the log, which comes last so it sees the rewritten request and the stream
-# exactly as the client gets it; then secrets in the path are masked for what mitmdump prints once
-# each flow ends.
+# are in force before the rewrite asks them and records the model names; the figures' meter is set
+# up before the think filter wraps the answer's stream with it; the metrics count a request before
+# the log, which forgets it, comes last so it sees the rewritten request and the stream exactly as
+# the client gets it; then secrets in the path are masked for what mitmdump prints once each flow ends.
 addons = [
     settings,
     dashboard,
@@ -51,7 +54,9 @@ addons = [
     Reclaim(),
     rules,
     ModelRewrite(settings, rules),
+    Figures(settings),
     ThinkStrip(settings),
+    metrics,
     request_log,
     PrintedSecrets(),
 ]

@@ -40,7 +40,7 @@ from bench.loadgen import Request
 from tests.upstream import file_bytes
 from tests.upstream import mock_headers
 
-TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog")
+TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog", "rerouter-pg")
 ROUTER = "rerouter"  # the default configuration, which the goals are about
 BASELINE = "mitmdump"
 USER = [{"role": "user", "content": "Say something."}]
@@ -274,17 +274,21 @@ class Bench:
     workdir: Path
     cpus: CpuLayout
     mock: targets.Process | None = None
+    database: targets.PgServer | None = None
     started: dict[str, targets.Target] = field(default_factory=dict)
 
     def start(self) -> None:
         self.mock = targets.start_mock(self.cpus.load)
         host, port = self.mock.address or ("", 0)
         upstream = f"http://{host}:{port}"
+        if "rerouter-pg" in self.names:
+            self.database = targets.start_postgres()
         for name in self.names:
             if name == "direct":
                 self.started[name] = targets.Target(name, host, port)
             else:
-                self.started[name] = targets.start_target(name, upstream, self.workdir, self.cpus.proxy)
+                database_url = self.database.create_database() if name == "rerouter-pg" and self.database else ""
+                self.started[name] = targets.start_target(name, upstream, self.workdir, self.cpus.proxy, database_url)
 
     def stop(self) -> None:
         for target in self.started.values():
@@ -292,6 +296,8 @@ class Bench:
                 target.process.stop()
         if self.mock:
             self.mock.stop()
+        if self.database:
+            self.database.cleanup()
 
     def processes(self) -> list[targets.Process]:
         return [p for p in [self.mock, *(t.process for t in self.started.values())] if p]
@@ -475,6 +481,15 @@ class Goal:
     met: Callable[[float], bool]
 
 
+def _pg_cpu_vs_sqlite(summary: dict, name: str) -> tuple[float, str] | None:
+    """Judged once, on the rerouter's line: rerouter-pg against rerouter."""
+    if name != ROUTER:
+        return None
+    pg, sqlite = (summary.get(("chat-c32", target), {}).get("cpu_per_1k") for target in ("rerouter-pg", ROUTER))
+    value = ratio(pg, sqlite)
+    return None if value is None else (value, f"{value:.2f}x")
+
+
 def _ratio_to_mitmdump(workload: str, key: str) -> Callable[[dict, str], tuple[float, str] | None]:
     def measure(summary: dict, name: str) -> tuple[float, str] | None:
         value = ratio(summary.get((workload, name), {}).get(key), summary.get((workload, BASELINE), {}).get(key))
@@ -527,6 +542,8 @@ GOALS = [
     Goal("streamed tokens/s (big50) vs mitmdump >= 0.85x", _ratio_to_mitmdump("big50", "tok_s"), lambda v: v >= 0.85),
     Goal(f"50 MB binary download/upload (big50-binary): peak RSS growth <= {BINARY_GROWTH_MB:.0f} MB",
          _binary_growth, lambda v: v <= BINARY_GROWTH_MB),
+    Goal("CPU per request (chat-c32), log in PostgreSQL (rerouter-pg) vs SQLite <= 1.10x", _pg_cpu_vs_sqlite,
+         lambda v: v <= 1.10),
 ]  # fmt: skip
 
 

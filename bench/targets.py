@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from tests.pgserver import PgServer
+from tests.pgserver import find_bindir
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 MOCK_LISTENING = re.compile(r"listening on http://([\d.]+):(\d+)")
@@ -30,7 +33,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 REROUTER_ENV = (
     "UPSTREAM_URL", "OLLAMA_UPSTREAM_URL", "MODEL_MAP", "STRIP_THINKING", "DISABLE_THINKING",
     "REQUEST_TIMEOUT", "ENABLE_LOGGING", "DB_PATH", "MAX_LOG_AGE_DAYS", "LOG_MAX_BODY_BYTES",
-    "LISTEN_HOST", "LISTEN_PORT",
+    "LISTEN_HOST", "LISTEN_PORT", "REQUEST_USAGE", "DATABASE_URL", "INSTANCE_NAME",
 )  # fmt: skip
 # Output costs the proxies CPU, and unequally: mitmdump prints a flow line per request, plus
 # "Streaming request/response" info lines per streamed body (every body, with stream_large_bodies=1),
@@ -169,8 +172,19 @@ def mitmdump_argv(upstream: str, confdir: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def rerouter_env(upstream: str, db_path: Path, logging_on: bool) -> dict[str, str]:
+def start_postgres() -> PgServer:
+    """The rerouter-pg target's database: a real PostgreSQL on loopback, started as the tests start it."""
+    bindir = find_bindir()
+    if bindir is None:
+        raise RuntimeError(
+            "the rerouter-pg target needs PostgreSQL (apt-get install postgresql); leave it out with --targets"
+        )
+    return PgServer(bindir).start()
+
+
+def rerouter_env(upstream: str, db_path: Path, logging_on: bool, database_url: str = "") -> dict[str, str]:
     return {
+        "DATABASE_URL": database_url,
         "UPSTREAM_URL": upstream,
         "OLLAMA_UPSTREAM_URL": upstream,
         "LISTEN_HOST": "127.0.0.1",
@@ -182,13 +196,15 @@ def rerouter_env(upstream: str, db_path: Path, logging_on: bool) -> dict[str, st
     }
 
 
-def start_target(name: str, upstream: str, workdir: Path, cpus: set[int] | None = None) -> Target:
+def start_target(
+    name: str, upstream: str, workdir: Path, cpus: set[int] | None = None, database_url: str = ""
+) -> Target:
     """Starts one proxy target (fresh, with its own confdir and database) and waits for its port."""
     confdir = workdir / f"{name}-confdir"
     if name == "mitmdump":
         process = Process(name, mitmdump_argv(upstream, confdir), cpus=cpus)
-    elif name in ("rerouter", "rerouter-nolog"):
-        env = rerouter_env(upstream, workdir / f"{name}.db", logging_on=name == "rerouter")
+    elif name in ("rerouter", "rerouter-nolog", "rerouter-pg"):
+        env = rerouter_env(upstream, workdir / f"{name}.db", name != "rerouter-nolog", database_url)
         argv = [sys.executable, str(ROOT / "rerouter_addon.py"), "--set", f"confdir={confdir}", *QUIET]
         process = Process(name, argv, env, cpus)
     else:

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import re
-import sqlite3
 import time
 from collections.abc import Awaitable
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from urllib.parse import parse_qs
 
 from mitmproxy import ctx
 from mitmproxy import http
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from dashboard.access import SESSION_MAX_AGE
 from dashboard.access import LoginThrottle
@@ -36,9 +36,11 @@ from dashboard.access import valid_session
 from dashboard.queries import Busy
 from dashboard.queries import QueryPool
 from logstore import LogStore
+from logstore import LogUnavailable
 from logstore import ReadTimeout
 from rerouter.flows import flow_state
 from rerouter.flows import is_proxied
+from rerouter.metrics import Metrics
 from rerouter.redaction import redact_path
 from rerouter.requestlog import RequestLog
 from rerouter.routing import is_loopback
@@ -143,10 +145,11 @@ class Dashboard:
     Other routes join the table in `__init__` (exact paths) or `patterns`.
     """
 
-    def __init__(self, settings: Settings, log: RequestLog, rules: Rules) -> None:
+    def __init__(self, settings: Settings, log: RequestLog, rules: Rules, metrics: Metrics) -> None:
         self.settings = settings
         self.log = log
         self.rules = rules
+        self.metrics = metrics
         self.pages: dict[str, bytes] = {}
         self.queries = QueryPool()
         self.throttle = LoginThrottle()
@@ -155,6 +158,7 @@ class Dashboard:
             "/api/stats": self.stats,
             "/api/inflight": self.inflight,
             **{path: self.rules_route for path in RULES_ROUTES},
+            "/metrics": self.metrics_route,
         }
         self.patterns: list[tuple[re.Pattern, Handler]] = [(LOG_DETAIL, self.log_detail)]
 
@@ -222,7 +226,7 @@ class Dashboard:
             return json_answer({"error": "the dashboard is busy with other queries; try again"}, 503, **retry_after(1))
         except ReadTimeout as e:
             return json_answer({"error": f"the query was {e}; narrow the filters"}, 503)
-        except sqlite3.Error as e:
+        except LogUnavailable as e:
             logger.warning(f"request log unreadable: {e}")
             return json_answer({"error": f"the request log cannot be read: {e}"}, 503)
         except Exception:
@@ -281,15 +285,22 @@ class Dashboard:
 
     async def stats(self, flow: http.HTTPFlow) -> http.Response:
         stats = await self.queries.run(self.store().stats)
-        return json_answer({**stats, "inflight": len(self.log.inflight)})
+        return json_answer({**stats, "inflight": stats["inflight"] + len(self.log.inflight)})
 
     async def inflight(self, flow: http.HTTPFlow) -> http.Response:
-        return json_answer({"inflight": self.log.inflight_rows()})
+        """This replica's requests in flight, then those of the replicas sharing its database."""
+        store = self.store()
+        elsewhere = await self.queries.run(store.inflight_elsewhere) if store.shared else []
+        return json_answer({"inflight": self.log.inflight_rows() + elsewhere})
 
     async def rules_route(self, flow: http.HTTPFlow) -> http.Response:
         path, _, query = flow.request.path.partition("?")
         status, body = self.rules.answer(path, query)
         return json_answer(body, status)
+
+    async def metrics_route(self, flow: http.HTTPFlow) -> http.Response:
+        exposition = await self.queries.run(self.metrics.exposition)
+        return http.Response.make(200, exposition, {"Content-Type": CONTENT_TYPE_LATEST, **SECURITY_HEADERS})
 
     async def log_detail(self, flow: http.HTTPFlow, id: str) -> http.Response:
         row = await self.queries.run(self.store().get, id)
@@ -299,7 +310,7 @@ class Dashboard:
         """The open store; mitmproxy looks at every attribute of an addon, so this is not a property."""
         store = self.log.store
         if store is None:
-            raise sqlite3.OperationalError("the request log is closed")
+            raise LogUnavailable("the request log is closed")
         return store
 
     def response(self, flow: http.HTTPFlow) -> None:

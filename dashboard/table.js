@@ -78,6 +78,8 @@ export function renderRows(tbody, rows) {
 
 export function renderInflight(list, rows) {
   if (unchanged(list, rows)) return;
+  // which replica serves a request matters only when several share the log (DATABASE_URL)
+  const replicas = new Set(rows.map((row) => row.instance)).size > 1;
   list.replaceChildren(
     ...rows.map((row) =>
       el(
@@ -86,6 +88,7 @@ export function renderInflight(list, rows) {
         detailLink(row.id, `${row.method} ${row.path}`),
         modelNames(row.requested_model, row.routed_model),
         el('span', { class: 'num' }, `${ms(row.elapsed_ms)} · ↓ ${bytes(row.response_bytes)}`),
+        replicas && el('span', { class: 'muted', title: 'replica (INSTANCE_NAME)' }, row.instance),
       ),
     ),
   );

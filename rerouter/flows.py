@@ -16,6 +16,7 @@ from mitmproxy.proxy import mode_specs
 from logstore import FLOW_FIELDS
 from rerouter.decoding import decode_prefix
 from rerouter.decoding import sample
+from rerouter.meter import StreamMeter
 
 STATE_KEY = "rerouter"
 EDIT_LIMIT = 16 * 1024 * 1024
@@ -37,15 +38,18 @@ class FlowState:
     - Dashboard: `local`, for requests it answers itself.
     - ModelRewrite: `requested_model`, `routed_model`, `thinking_switches` (the
       DISABLE_THINKING switches it applied), `rule` (the key of the rule that
-      matched the requested model, None when none did).
+      matched the requested model, None when none did), `usage_requested` when it
+      asked the upstream for token usage the client did not ask for (REQUEST_USAGE).
     - UpstreamFailures: `timed_out` when REQUEST_TIMEOUT passed with no response
       headers, `answered_status` when it answered a failed upstream itself.
     - Buffering: `note` when a JSON body too big to edit passed on as it came.
     - ThinkStrip: `reasoning_chars`, `lone_think_close`, `response_model`,
       `reasoned_anyway` (reasoning although a switch asked for none), `note`
       (what the proxy could not do, e.g. a stream passed on unedited).
-    - the stream's figures (`upstream_ms`, `upstream_first_token_ms`,
-      `first_token_ms`, `prompt_tokens`, `completion_tokens`, `tokens_per_s`).
+    - Figures: `upstream_ms`; `meter` while an answer streams (its EventStream
+      feeds it), and at the end `upstream_first_token_ms`, `first_token_ms`,
+      `prompt_tokens`, `completion_tokens` and `tokens_per_s` from the meter, or
+      the token counts of a non-streamed answer.
     RequestLog reads them all to write the flow's row: the model names and
     logstore.FLOW_FIELDS (`row_fields()`) are the row's fields of the same names.
     """
@@ -56,6 +60,8 @@ class FlowState:
     routed_model: str | None = None
     rule: str | None = None
     thinking_switches: tuple[str, ...] = ()
+    usage_requested: bool = False
+    meter: StreamMeter | None = None
     timed_out: bool = False
     answered_status: int | None = None
     reasoning_chars: int = 0

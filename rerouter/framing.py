@@ -13,6 +13,7 @@ from typing import Protocol
 
 from rerouter.decoding import ZLIB
 from rerouter.decoding import Decompressor
+from rerouter.meter import StreamMeter
 from rerouter.thinking import DROP
 from rerouter.thinking import KEEP
 from rerouter.thinking import Result
@@ -150,17 +151,20 @@ class EventStream:
     once more with b"" at the end.
 
     An empty bytes element makes mitmproxy end the client's chunked response,
-    so the result is always a list, and never holds one.
+    so the result is always a list, and never holds one. Without an editor the
+    events pass unedited and only the meter looks at them.
     """
 
     def __init__(
         self,
         framer: SSEFramer | LineFramer,
-        editor: ChunkEditor,
+        editor: ChunkEditor | None,
         encoding: str | None = None,
+        meter: StreamMeter | None = None,
     ) -> None:
         encoding = _normalise(encoding)
         self.editor = editor
+        self.meter = meter
         self._framer = framer
         self._decompressor = None if encoding == _IDENTITY else Decompressor(encoding)
         self._editing = True
@@ -168,16 +172,16 @@ class EventStream:
         self.note: str | None = None  # what could not be done, for the flow's row
 
     @staticmethod
-    def sse(editor: ChunkEditor, encoding: str | None = None) -> "EventStream":
-        return SSEStream(editor, encoding)
+    def sse(editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> "EventStream":
+        return SSEStream(editor, encoding, meter)
 
     @staticmethod
-    def ndjson(editor: ChunkEditor, encoding: str | None = None) -> "EventStream":
-        return NDJSONStream(editor, encoding)
+    def ndjson(editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> "EventStream":
+        return NDJSONStream(editor, encoding, meter)
 
     @property
     def stripped(self) -> bool:
-        return self.editor.stripped
+        return self.editor is not None and self.editor.stripped
 
     @property
     def editing(self) -> bool:
@@ -187,7 +191,11 @@ class EventStream:
     def __call__(self, data: bytes) -> list[bytes]:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
         output = b"".join(self._process(data))
-        return [output] if output else []
+        if not output:
+            return []
+        if self.meter is not None:
+            self.meter.delivered(output)
+        return [output]
 
     def _process(self, data: bytes) -> list[bytes]:
         if self._cut:
@@ -204,10 +212,12 @@ class EventStream:
         events = self._framer.feed(plain)
         if not data and (rest := self._framer.rest()):
             events.append(rest)
+        if events and self.meter is not None:
+            events = self.meter.received(events)
         output: list[bytes] = []
-        if events and self.editor.idle:
+        if events and (self.editor is None or self.editor.idle):
             block = b"".join(events)
-            if not may_hold_reasoning(block):  # nothing here can touch a think tag: pass it whole
+            if self.editor is None or not may_hold_reasoning(block):  # nothing here can touch a think tag: pass it whole
                 events, output = [], [block]
         for i, event in enumerate(events):
             try:
@@ -264,6 +274,8 @@ class EventStream:
 
     def _carriers(self) -> list[bytes]:
         """The editor's held-back text, serialised."""
+        if self.editor is None:
+            return []
         return [self._serialise(event) for event in self.editor.finish()]
 
     def _edit(self, event: bytes) -> list[bytes]:
@@ -280,8 +292,8 @@ class EventStream:
 class SSEStream(EventStream):
     """Server-sent events with JSON data, as OpenAI-compatible servers stream them."""
 
-    def __init__(self, editor: ChunkEditor, encoding: str | None = None) -> None:
-        super().__init__(SSEFramer(), editor, encoding)
+    def __init__(self, editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> None:
+        super().__init__(SSEFramer(), editor, encoding, meter)
         self._newline = b"\n"
 
     def _edit(self, event: bytes) -> list[bytes]:
@@ -332,8 +344,8 @@ def _data_value(line: bytes) -> bytes:
 class NDJSONStream(EventStream):
     """One JSON object per line, as Ollama streams them."""
 
-    def __init__(self, editor: ChunkEditor, encoding: str | None = None) -> None:
-        super().__init__(LineFramer(), editor, encoding)
+    def __init__(self, editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> None:
+        super().__init__(LineFramer(), editor, encoding, meter)
 
     def _edit(self, line: bytes) -> list[bytes]:
         if self.editor.idle and not may_hold_reasoning(line):

@@ -7,6 +7,8 @@ the disk is touched by LogStore's writer thread, never by the event loop.
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -25,13 +27,16 @@ from rerouter.framing import LAST_EVENT_WINDOW
 from rerouter.framing import ends_with_last_event
 from rerouter.redaction import redact_path
 from rerouter.routing import is_ollama_path
+from rerouter.routing import listen_port
+from rerouter.settings import DATABASE_URL
+from rerouter.settings import DB_PATH
 from rerouter.settings import Settings
 from rerouter.upstream_failures import CLIENT_GONE
 
 logger = logging.getLogger(__name__)
 
 CLEANUP_INTERVAL = 3600.0
-STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes"}
+STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes", "database_url", "instance_name"}
 
 
 @dataclass
@@ -113,14 +118,17 @@ class RequestLog:
         if not self.settings.enable_logging:
             return
         store = LogStore(
-            self.settings.db_path,
+            self.settings.database_url or self.settings.db_path,
             max_body_bytes=self.settings.log_max_body_bytes,
             max_age_days=self.settings.max_log_age_days,
+            instance=self.settings.instance_name or default_instance_name(listen_port(self.settings)),
+            progress=self.progress,
         )
         try:
             store.open()
         except Exception as e:
-            self.settings.refuse(f"DB_PATH (option db_path): cannot open the request log {self.settings.db_path!r}: {e}")
+            setting = DATABASE_URL if self.settings.database_url else DB_PATH
+            self.settings.refuse(f"{setting.env} (option {setting.option}): cannot open the request log {store.path!r}: {e}")
             return
         self.store = store
 
@@ -258,5 +266,16 @@ class RequestLog:
         return round((time.monotonic() - record.started) * 1000, 1)
 
     def inflight_rows(self) -> list[dict]:
+        """This replica's requests in flight; the store knows the other replicas'."""
         now = time.monotonic()
-        return [record.as_dict(now) for record in self.inflight.values()]
+        instance = self.store.instance if self.store is not None else None
+        return [{**record.as_dict(now), "instance": instance} for record in self.inflight.values()]
+
+    def progress(self) -> dict[str, int]:
+        """Bytes answered so far per request in flight; called on the log's writer thread, hence the copy."""
+        return {id: record.delivered.size for id, record in self.inflight.copy().items()}
+
+
+def default_instance_name(port: int) -> str:
+    """INSTANCE_NAME unless set: host name and listen port; the process id where the port is chosen at random."""
+    return f"{socket.gethostname()}:{port}" if port else f"{socket.gethostname()}:pid{os.getpid()}"

@@ -1,5 +1,5 @@
 """
-Request rewriting: model names, thinking switched off, and aliases in the upstream's model lists.
+Request rewriting: model names, thinking switched off, a request for token usage, and aliases in the upstream's model lists.
 """
 
 import logging
@@ -11,8 +11,10 @@ from rerouter.flows import is_proxied
 from rerouter.flows import json_object
 from rerouter.flows import set_json
 from rerouter.flows import flow_state
+from rerouter.meter import ask_for_usage
 from rerouter.modelmap import add_aliases
 from rerouter.modelmap import switch_thinking_off
+from rerouter.routing import is_ollama_path
 from rerouter.rules import Rules
 from rerouter.settings import Settings
 
@@ -20,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 MODEL_LISTS = ("/v1/models", "/api/tags")
 BODY_METHODS = ("POST", "PUT", "PATCH")
+USAGE_PATHS = ("/chat/completions", "/completions")
+
+
+def wants_usage(path: str) -> bool:
+    """An OpenAI-style chat or completions path, where `stream_options.include_usage` asks for token counts."""
+    path = path.split("?", 1)[0].rstrip("/")
+    return path.endswith(USAGE_PATHS) and not is_ollama_path(path)
 
 
 class ModelRewrite:
@@ -59,6 +68,12 @@ class ModelRewrite:
                 flow_state(flow).thinking_switches = tuple(applied)
                 annotate(flow, f"thinking off: {', '.join(applied)}")
                 changed |= switched
+        # the token counts are for the log: without it nothing would read them
+        count_tokens = self.settings.request_usage and self.settings.enable_logging
+        if count_tokens and wants_usage(flow.request.path) and ask_for_usage(body):
+            flow_state(flow).usage_requested = True
+            annotate(flow, "token usage requested")
+            changed = True
         if changed:
             set_json(flow.request, body)
 

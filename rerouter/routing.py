@@ -36,6 +36,11 @@ def listen_host(settings: Settings) -> str:
     return ctx.options.listen_host if ctx.options.has_changed("listen_host") else settings.listen_host
 
 
+def listen_port(settings: Settings) -> int:
+    """The port the proxy listens on: the user's --listen-port if given, else LISTEN_PORT."""
+    return ctx.options.listen_port if ctx.options.has_changed("listen_port") else settings.listen_port
+
+
 def reverse_mode(settings: Settings) -> str:
     return f"reverse:{settings.upstream_url.url}"
 

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from mitmproxy import ctx
 from mitmproxy import exceptions
 
+from rerouter.dburl import parse_database_url
 from rerouter.modelmap import THINKING_SWITCHES
 from rerouter.modelmap import ModelMap
 from rerouter.modelmap import ModelSelector
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
+MAX_INSTANCE_NAME = 200
 
 
 class Upstream(NamedTuple):
@@ -166,6 +168,13 @@ def is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def parse_instance_name(text: str) -> str:
+    name = text.strip()
+    if len(name) > MAX_INSTANCE_NAME or not name.isprintable():
+        raise ValueError(f"expected a printable name of at most {MAX_INSTANCE_NAME} characters, got {text!r}")
+    return name
 
 
 def parse_model_map(text: str) -> ModelMap:
@@ -303,6 +312,26 @@ DASHBOARD_HOSTS = Setting(
     "Comma-separated host names the dashboard and local JSON routes answer to, besides localhost, "
     "loopback addresses and LISTEN_HOST (* = any); other Host headers get 403, against DNS rebinding.",
 )
+REQUEST_USAGE = Setting(
+    "REQUEST_USAGE",
+    "true",
+    parse_bool,
+    "Ask the upstream for token usage (stream_options.include_usage) in streamed OpenAI chat and completions "
+    "requests that did not ask for it, and remove the usage-only event from what the client gets.",
+)
+DATABASE_URL = Setting(
+    "DATABASE_URL",
+    "",
+    parse_database_url,
+    "postgresql://user:password@host:port/database: keep the request log in PostgreSQL, shared by several "
+    "replicas, instead of the SQLite file at DB_PATH; empty = SQLite.",
+)
+INSTANCE_NAME = Setting(
+    "INSTANCE_NAME",
+    "",
+    parse_instance_name,
+    "This replica's name in the shared request log (each row's `instance`); empty = host name and listen port.",
+)
 # mitmproxy's own listen_host / listen_port take these as their values unless set on the command line
 LISTEN_HOST = Setting("LISTEN_HOST", "127.0.0.1", str, "Address the proxy binds.")
 LISTEN_PORT = Setting("LISTEN_PORT", "1234", parse_port, "Port the proxy listens on.")
@@ -336,6 +365,9 @@ class Settings:
     log_max_body_bytes: int = LOG_MAX_BODY_BYTES.field()
     dashboard_token: str = DASHBOARD_TOKEN.field()
     dashboard_hosts: frozenset[str] = DASHBOARD_HOSTS.field()
+    request_usage: bool = REQUEST_USAGE.field()
+    database_url: str = DATABASE_URL.field()
+    instance_name: str = INSTANCE_NAME.field()
     # read from the environment only: they feed mitmproxy's own listen_host / listen_port
     listen_host: str = LISTEN_HOST.field()
     listen_port: int = LISTEN_PORT.field()

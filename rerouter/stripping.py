@@ -75,7 +75,8 @@ class ThinkStrip:
     """
     Event streams are always streamed, never buffered (mitmproxy would hold an
     SSE answer until it ends); with STRIP_THINKING or ECHO_REQUESTED_MODEL on,
-    each event is edited on the way through.
+    each event is edited on the way through, and a stream that has a meter (see
+    Figures) is framed for it.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -91,16 +92,17 @@ class ThinkStrip:
             return
         encoding = response.headers.get("content-encoding")
         reasoning, open_start, echo = self._treatment(flow)
-        if not (reasoning or echo) or not supports_encoding(encoding):
+        edits, meter = bool(reasoning or echo), flow_state(flow).meter
+        if not (edits or meter) or not supports_encoding(encoding):
             response.stream = True
             return
         if kind == SSE:
-            stream = EventStream.sse(OpenAIChunkEditor(reasoning, open_start, echo), encoding)
+            stream = EventStream.sse(OpenAIChunkEditor(reasoning, open_start, echo) if edits else None, encoding, meter)
         else:
-            stream = EventStream.ndjson(OllamaChunkEditor(reasoning, open_start, echo), encoding)
+            stream = EventStream.ndjson(OllamaChunkEditor(reasoning, open_start, echo) if edits else None, encoding, meter)
         self.streams[flow.id] = stream
         seconds = self.settings.think_keepalive_seconds
-        response.stream = KeepAlive(stream, seconds) if kind == SSE and seconds else stream
+        response.stream = KeepAlive(stream, seconds) if kind == SSE and seconds and edits else stream
         # the body's length changes and it leaves decoded
         response.headers.pop("content-length", None)
         response.headers.pop("content-encoding", None)
@@ -139,7 +141,8 @@ class ThinkStrip:
             self._report_stream(flow, stream)
 
     def _report_stream(self, flow: http.HTTPFlow, stream: EventStream) -> None:
-        self._report(flow, stream.editor)
+        if stream.editor is not None:
+            self._report(flow, stream.editor)
         if stream.note:
             note(flow, stream.note)
 

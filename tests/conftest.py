@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 
@@ -81,3 +82,27 @@ def module_rerouter(tmp_path_factory, openai_upstream, ollama_upstream):
     rerouters = Rerouters(tmp_path_factory.mktemp("rerouter"), openai_upstream, ollama_upstream)
     yield rerouters
     rerouters.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server (tests/pgserver.py) for the whole session; skipped where none is installed."""
+    from tests.pgserver import PgServer
+    from tests.pgserver import find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("REQUIRE_POSTGRES"):
+            raise RuntimeError("REQUIRE_POSTGRES is set but PostgreSQL is not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    server = PgServer(bindir)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a new empty database on the session's PostgreSQL server, for this test alone."""
+    return pg_server.create_database()

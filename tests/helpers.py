@@ -8,6 +8,10 @@ rerouter processes in proxy.py.
 - a running rerouter (or the mock itself) driven as clients drive it: `post`, `get`, `open_stream`,
   `http_request`, `openai_client`, `ollama_client`, and its log read through the JSON API:
   `row_for`, `rows_with`;
+- streams as a server sends them, for unit tests: `sse`, `chunked`, `run`, `streamed`, `openai_events`,
+  `usage_event`, `ollama_line`;
+- the request log's rows, for store tests: `request`, `total`, `SECRET`, `SECRET_HEADERS`, `SECRET_PATH`,
+  and the PostgreSQL log past the store: `sql`, `silence`;
 - an upstream for what no real server sends: `ScriptedUpstream`, `sse_response`, `chunk_event`;
   the proxy's peak memory: `rss_peak_mb`;
 - what a streamed answer said: `data_objects`, `sse_text`, `ndjson_text`, `openai_stream`, `ollama_stream`.
@@ -21,6 +25,8 @@ import threading
 import time
 from collections.abc import Callable
 from collections.abc import Iterator
+from datetime import datetime
+from datetime import timezone
 from http.client import HTTPConnection
 from http.client import HTTPResponse
 from pathlib import Path
@@ -29,6 +35,7 @@ from typing import TypeVar
 
 import ollama
 import openai
+import psycopg
 from mitmproxy import http
 from mitmproxy.proxy.mode_specs import ProxyMode
 from mitmproxy.test import taddons
@@ -36,6 +43,9 @@ from mitmproxy.test import tflow
 from mitmproxy.test import tutils
 
 from dashboard import Dashboard
+from logstore import LogStore
+from rerouter.framing import EventStream
+from rerouter.metrics import Metrics
 from rerouter.requestlog import RequestLog
 from rerouter.rules import Rules
 from rerouter.settings import Settings
@@ -128,7 +138,7 @@ def logged_addons(settings_env, tmp_path, **env) -> Iterator[tuple[taddons.conte
         settings_env.setenv(name, value)
     s = Settings()
     log = RequestLog(s)
-    dash = Dashboard(s, log, Rules(s, log))
+    dash = Dashboard(s, log, Rules(s, log), Metrics(log))
     with taddons.context(s, dash, log) as tctx:
         start(tctx, s, log)
         yield tctx, s, log, dash
@@ -151,6 +161,127 @@ def stored(log: RequestLog, flow_id: str, state: str = "completed") -> dict:
         return row if row is not None and row["state"] == state else None
 
     return wait_for(check)
+
+
+# ---- streams as a server sends them, for unit tests ------------------------------------------------
+
+USAGE = {"prompt_tokens": 12, "completion_tokens": 30, "total_tokens": 42}
+
+
+def sse(obj: dict | str, newline: str = "\n") -> bytes:
+    """One SSE event carrying `obj` as JSON (a string as it is, e.g. "[DONE]")."""
+    data = obj if isinstance(obj, str) else json.dumps(obj)
+    return f"data: {data}{newline}{newline}".encode()
+
+
+def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
+    """data cut into pieces of the given sizes, cycling through them."""
+    pieces = []
+    pos = 0
+    i = 0
+    while pos < len(data):
+        size = sizes[i % len(sizes)] if sizes else len(data)
+        pieces.append(data[pos : pos + size])
+        pos += size
+        i += 1
+    return pieces
+
+
+def run(stream: EventStream, pieces: list[bytes]) -> list[bytes]:
+    """Feeds pieces and the final b"", checking mitmproxy's contract on every call."""
+    output = []
+    for piece in [*pieces, b""]:
+        result = stream(piece)
+        assert isinstance(result, list)
+        assert all(isinstance(element, bytes) and element for element in result)
+        output += result
+    return output
+
+
+def streamed(flow: http.HTTPFlow, body: bytes, chunk: int = 7) -> bytes:
+    """Feed `body` through the flow's stream callable the way mitmproxy does: reads, then b""."""
+    out = []
+    for i in range(0, len(body), chunk):
+        out += flow.response.stream(body[i : i + chunk])
+    out += flow.response.stream(b"")
+    assert all(out), "an empty element would end the client's chunked response"
+    return b"".join(out)
+
+
+def usage_event(**usage) -> dict:
+    """The usage-only chunk that ends an OpenAI stream that asked for usage."""
+    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "qwen3", "choices": [], "usage": usage or USAGE}
+
+
+def openai_events(*contents: str, usage: bool = True) -> list[bytes]:
+    """An OpenAI stream as a server sends it when asked for usage: `usage: null` on every chunk, then the usage event."""
+    chunks = [chat_chunk(role="assistant", content=""), *(chat_chunk(text) for text in contents), chat_chunk(finish_reason="stop")]
+    if usage:
+        chunks = [{**chunk, "usage": None} for chunk in chunks] + [usage_event()]
+    return [sse(chunk) for chunk in chunks] + [sse("[DONE]")]
+
+
+def ollama_line(content: str = "", thinking: str = "", done: bool = False, **counts) -> bytes:
+    """One NDJSON line of an Ollama chat stream."""
+    message = {"role": "assistant", "content": content, **({"thinking": thinking} if thinking else {})}
+    return json.dumps({"model": "qwen3", "message": message, "done": done, **counts}).encode() + b"\n"
+
+
+# ---- the request log's rows, for store tests ---------------------------------------------------------
+
+SECRET = "sk-live-S3CR3T-do-not-log"
+"""A key that store tests send in every place secrets travel, and then look for where nothing may keep it."""
+NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
+SECRET_HEADERS = [
+    ("Authorization", f"Bearer {SECRET}"),
+    ("proxy-authorization", f"Basic {SECRET}"),
+    ("Cookie", f"session={SECRET}"),
+    ("Set-Cookie", f"session={SECRET}"),
+    ("X-API-Key", SECRET),
+    ("api-key", SECRET),
+    ("x-goog-api-key", SECRET),
+    ("Ocp-Apim-Subscription-Key", SECRET),
+    ("X-Auth-Token", SECRET),
+    ("Content-Type", "application/json"),
+]
+SECRET_PATH = f"/v1beta/models/gemini:generateContent?key={SECRET}&alt=sse&api_key={SECRET}&Access_Token={SECRET}"
+
+
+def request(id: str, started_at: float = NOW, **fields) -> dict:
+    """A request's row as the request log hands it to LogStore.begin, with `fields` changed."""
+    row = {
+        "id": id,
+        "started_at": started_at,
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "service": "openai",
+        "upstream": "http://127.0.0.1:8000",
+        "stream": False,
+        "requested_model": "gpt-4o",
+        "routed_model": "qwen3:8b",
+        "request_headers": [("Content-Type", "application/json")],
+        "request_body": b'{"model": "gpt-4o"}',
+        "request_bytes": 19,
+    }
+    row.update(fields)
+    return row
+
+
+def total(store: LogStore, **filters) -> int:
+    """How many rows match the filters."""
+    return store.logs(**filters)[1]
+
+
+def sql(url: str, statement: str, params=()) -> list[tuple]:
+    """A statement run straight on a PostgreSQL database, past the store; its rows."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def silence(url: str, instance: str, seconds: float) -> None:
+    """As if `instance` had sent no heartbeat for `seconds`: waiting 30 s for real would only slow the tests."""
+    sql(url, "UPDATE replicas SET heartbeat_at = now() - make_interval(secs => %s) WHERE name = %s", (seconds, instance))
 
 
 # ---- end to end: a running rerouter, or the mock itself (anything with a `port`) --------------------

@@ -25,37 +25,11 @@ from rerouter.thinking import Reasoning
 from rerouter.thinking import split_think
 from rerouter.thinking import strip_think
 from tests.helpers import chat_chunk
+from tests.helpers import chunked
+from tests.helpers import run
+from tests.helpers import sse
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
-
-
-def chunked(data: bytes, sizes: list[int]) -> list[bytes]:
-    """data cut into pieces of the given sizes, cycling through them."""
-    pieces = []
-    pos = 0
-    i = 0
-    while pos < len(data):
-        size = sizes[i % len(sizes)] if sizes else len(data)
-        pieces.append(data[pos : pos + size])
-        pos += size
-        i += 1
-    return pieces
-
-
-def run(stream: EventStream, pieces: list[bytes]) -> list[bytes]:
-    """Feeds pieces and the final b"", checking mitmproxy's contract on every call."""
-    output = []
-    for piece in [*pieces, b""]:
-        result = stream(piece)
-        assert isinstance(result, list)
-        assert all(isinstance(element, bytes) and element for element in result)
-        output += result
-    return output
-
-
-def sse(obj: dict | str, newline: str = "\n") -> bytes:
-    data = obj if isinstance(obj, str) else json.dumps(obj)
-    return f"data: {data}{newline}{newline}".encode()
 
 
 def go_json(obj: dict) -> bytes:

@@ -3,6 +3,7 @@
 import time
 
 from logstore import QUEUE_MAX_BYTES
+from logstore import SqliteDatabase
 from logstore import Writer
 from logstore import body_bytes
 from tests.helpers import wait_for
@@ -19,7 +20,7 @@ def begin(writer: Writer, id: str, body: bytes) -> None:
 
 
 def test_a_stuck_writer_holds_at_most_queue_max_bytes_of_bodies(tmp_path):
-    writer = Writer(str(tmp_path / "log.db"), QUEUE_MAX_BYTES, 3600.0, 100)
+    writer = Writer(SqliteDatabase(str(tmp_path / "log.db")), QUEUE_MAX_BYTES, 3600.0, 100)
     body = b"x" * (QUEUE_MAX_BYTES // 4)
     for i in range(6):  # the writer has not started: everything stays queued
         begin(writer, f"r{i}", body)

@@ -1,3 +1,9 @@
+"""
+The request log's store. The tests on the `store` and `location` fixtures run against both
+databases, an SQLite file and a real PostgreSQL server (tests/pgserver.py), and expect the same
+answers from both; the rest are about what only SQLite has (the file, its pragmas, locks).
+"""
+
 import json
 import logging
 import os
@@ -5,10 +11,9 @@ import shutil
 import sqlite3
 import stat
 import time
-from datetime import datetime
-from datetime import timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 import logstore
@@ -18,10 +23,17 @@ from logstore import MIGRATIONS
 from logstore import ROW_FIELDS
 from logstore import TRUNCATED
 from logstore import LogStore
+from logstore import LogUnavailable
+from logstore import SqliteDatabase
+from pglogstore import placeholders
+from tests.helpers import NOW
+from tests.helpers import SECRET
+from tests.helpers import SECRET_HEADERS
+from tests.helpers import SECRET_PATH
+from tests.helpers import request
+from tests.helpers import total
 from tests.helpers import wait_for
 
-SECRET = "sk-live-S3CR3T-do-not-log"
-NOW = datetime(2026, 11, 21, 11, 20, tzinfo=timezone.utc).timestamp()
 V1_DATABASE = Path(__file__).parent / "data" / "requests-v1.db"
 """Written by the previous release's logstore.py (commit 4d93719): schema version 1, bodies in the rows."""
 ROUND_2 = {
@@ -40,35 +52,16 @@ ROUND_2 = {
 """The round-2 fields as finish() gets them from the FlowState, every one set."""
 
 
-def request(id: str, started_at: float = NOW, **fields) -> dict:
-    row = {
-        "id": id,
-        "started_at": started_at,
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "service": "openai",
-        "upstream": "http://127.0.0.1:8000",
-        "stream": False,
-        "requested_model": "gpt-4o",
-        "routed_model": "qwen3:8b",
-        "request_headers": [("Content-Type", "application/json")],
-        "request_body": b'{"model": "gpt-4o"}',
-        "request_bytes": 19,
-    }
-    row.update(fields)
-    return row
-
-
-def total(store: LogStore, **filters) -> int:
-    return store.logs(**filters)[1]
-
-
 def raw(store: LogStore, sql: str, params=()) -> list:
-    conn = sqlite3.connect(store.path)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+    """A query straight to the store's database, past the store."""
+    if isinstance(store.database, SqliteDatabase):
+        conn = sqlite3.connect(store.path)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+    with psycopg.connect(store.database.url) as conn:
+        return [tuple(row) for row in conn.execute(placeholders(sql), params).fetchall()]
 
 
 def pragma(path: Path, name: str):
@@ -84,10 +77,28 @@ def path(tmp_path: Path) -> Path:
     return tmp_path / "requests.db"
 
 
-@pytest.fixture
-def store(path: Path):
-    store = LogStore(str(path))
+@pytest.fixture(params=["sqlite", "postgres"])
+def location(request, path: Path) -> str:
+    """Where a store keeps its log: an SQLite file, or a fresh database on the tests' PostgreSQL server."""
+    return str(path) if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def opened(location: str, **options) -> LogStore:
+    store = LogStore(location, **options)
     store.open()
+    return store
+
+
+@pytest.fixture
+def store(location: str):
+    store = opened(location)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def sqlite_store(path: Path):
+    store = opened(str(path))
     yield store
     store.close()
 
@@ -349,8 +360,8 @@ class TestWriting:
         assert row["stream"] is True
         assert (row["requested_model"], row["routed_model"]) == ("gpt-4o", "qwen3:8b")
 
-    def test_begin_and_finish_in_one_batch(self, path):
-        store = LogStore(str(path))
+    def test_begin_and_finish_in_one_batch(self, location):
+        store = LogStore(location)
         store.begin(request("r1", started_at=time.time()))
         store.finish("r1", state="completed", status=200)
         store.open()
@@ -430,22 +441,21 @@ class TestBodies:
             (bytearray(b"x" * 80), None, "x" * 80),
         ],
     )
-    def test_response_body_cap_and_marker(self, path, body, response_bytes, expected):
-        store = LogStore(str(path), max_body_bytes=100)
-        store.open()
+    def test_response_body_cap_and_marker(self, location, body, response_bytes, expected):
+        store = opened(location, max_body_bytes=100)
         store.begin(request("r1"))
         store.finish("r1", state="completed", response_body=body, response_bytes=response_bytes)
         store.close()
         assert store.get("r1")["response_body"] == expected
 
-    def test_body_cut_inside_a_character_still_decodes(self, path):
-        store = LogStore(str(path), max_body_bytes=3)
-        store.open()
+    def test_body_cut_inside_a_character_still_decodes(self, location):
+        store = opened(location, max_body_bytes=3)
         store.begin(request("r1", request_body="aé€".encode(), request_bytes=6))
         store.close()
         assert store.get("r1")["request_body"] == f"aé\n{TRUNCATED}: 6 bytes in total]"
 
-    def test_big_bodies_are_stored_compressed_and_read_back_whole(self, store):
+    def test_big_bodies_are_stored_compressed_and_read_back_whole(self, sqlite_store):
+        store = sqlite_store
         answer = b"".join(
             b'data: {"choices": [{"index": 0, "delta": {"content": " word%d"}}]}\n\n' % number for number in range(400)
         )
@@ -477,25 +487,12 @@ class TestBodies:
 
 
 class TestRedaction:
-    HEADERS = [
-        ("Authorization", f"Bearer {SECRET}"),
-        ("proxy-authorization", f"Basic {SECRET}"),
-        ("Cookie", f"session={SECRET}"),
-        ("Set-Cookie", f"session={SECRET}"),
-        ("X-API-Key", SECRET),
-        ("api-key", SECRET),
-        ("x-goog-api-key", SECRET),
-        ("Ocp-Apim-Subscription-Key", SECRET),
-        ("X-Auth-Token", SECRET),
-        ("Content-Type", "application/json"),
-    ]
-    PATH = f"/v1beta/models/gemini:generateContent?key={SECRET}&alt=sse&api_key={SECRET}&Access_Token={SECRET}"
-
     def files(self, path: Path) -> list[Path]:
         return [file for file in path.parent.iterdir() if file.name.startswith(path.name)]
 
-    def test_secrets_never_reach_the_files(self, store, path):
-        write(store, request("r1", path=self.PATH, request_headers=self.HEADERS), state="completed")
+    def test_secrets_never_reach_the_files(self, sqlite_store, path):
+        store = sqlite_store
+        write(store, request("r1", path=SECRET_PATH, request_headers=SECRET_HEADERS), state="completed")
         written = self.files(path)
         assert {file.name for file in written} >= {"requests.db", "requests.db-wal", "requests.db-shm"}
         store.close()
@@ -504,7 +501,7 @@ class TestRedaction:
                 assert SECRET.encode() not in file.read_bytes(), file.name
 
         row = store.get("r1")
-        assert row["request_headers"] == [[name, "[redacted]"] for name, _ in self.HEADERS[:-1]] + [
+        assert row["request_headers"] == [[name, "[redacted]"] for name, _ in SECRET_HEADERS[:-1]] + [
             ["Content-Type", "application/json"]
         ]
         masked = "/v1beta/models/gemini:generateContent?key=[redacted]&alt=sse&api_key=[redacted]&Access_Token=[redacted]"
@@ -618,9 +615,8 @@ class TestQueries:
         store.close()
         assert self.ids(store) == ["b", "c", "a", "d"]
 
-    def test_search_covers_only_the_stored_part_of_a_body(self, path):
-        store = LogStore(str(path), max_body_bytes=10)
-        store.open()
+    def test_search_covers_only_the_stored_part_of_a_body(self, location):
+        store = opened(location, max_body_bytes=10)
         store.begin(request("r1", request_body=b"0123456789needle"))
         store.close()
         assert total(store, q="needle") == 0
@@ -628,6 +624,19 @@ class TestQueries:
 
     def test_unknown_id(self, store):
         assert store.get("nope") is None
+
+    def test_unmatched_models(self, store):
+        for id, started, requested, routed, status in [
+            ("1", 100.0, "mystery", "mystery", 404),
+            ("2", 200.0, "mystery", "mystery", 200),
+            ("3", 150.0, "gpt-4", "llama3-70b", 200),
+            ("4", 300.0, "unrouted", None, None),
+            ("5", 900.0, "later", "later", 200),
+        ]:
+            store.begin(request(id, started, requested_model=requested, routed_model=routed))
+            store.finish(id, state="completed", status=status)
+        store.close()
+        assert store.unmatched_models(before=500.0, limit=10) == [("unrouted", 1, 300.0, 0), ("mystery", 2, 200.0, 1)]
 
     @pytest.mark.parametrize(
         "body, text",
@@ -654,6 +663,7 @@ class TestStats:
             "by_model_detail": {},
             "by_status": {},
             "errors": 0,
+            "inflight": 0,
             "last_hour": 0,
             "last_24h": 0,
             "avg_duration_ms": None,
@@ -792,17 +802,15 @@ class TestRetention:
 
 
 class TestCrashRecovery:
-    def test_rows_left_inflight_are_aborted(self, path):
-        crashed = LogStore(str(path))
-        crashed.open()
+    def test_rows_left_inflight_are_aborted(self, location):
+        crashed = opened(location)
         now = time.time()
         crashed.begin(request("running", now))
         crashed.begin(request("done", now))
         crashed.finish("done", state="completed", status=200, duration_ms=5.0)
         crashed.close()
 
-        store = LogStore(str(path))
-        store.open()
+        store = opened(location)
         store.close()
         running = store.get("running")
         assert (running["state"], running["error"]) == ("aborted", ABORTED_ERROR)
@@ -816,7 +824,8 @@ read_only_files = pytest.mark.skipif(
 
 
 class TestFaults:
-    def test_locked_database_is_retried_without_losing_rows(self, store, path):
+    def test_locked_database_is_retried_without_losing_rows(self, sqlite_store, path):
+        store = sqlite_store
         lock = Lock(path)
         try:
             for number in range(20):
@@ -881,7 +890,7 @@ class TestFaults:
         def written() -> bool:
             try:
                 return store.get("after") is not None
-            except sqlite3.OperationalError:
+            except LogUnavailable:
                 return False
 
         store.begin(request("after"))

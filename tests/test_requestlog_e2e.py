@@ -54,6 +54,8 @@ class TestRows:
         }
         assert isinstance(row["reasoning_chars"], int)
         assert isinstance(row["lone_think_close"], bool) and isinstance(row["reasoned_anyway"], bool)
+        # INSTANCE_NAME unset and the port chosen at random: the host name and the process id
+        assert row["instance"] == f"{socket.gethostname()}:pid{proxy.process.pid}"
         assert row["started_at"].endswith(("Z", "+00:00"))
         assert (row["method"], row["path"], row["service"]) == ("POST", "/v1/chat/completions", "openai")
         assert row["upstream"] == openai_upstream.url

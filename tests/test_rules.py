@@ -346,7 +346,7 @@ def test_unmatched_models_from_the_log(tmp_path):
         ("5", 900.0, "later", "later", 200),
     ]
     for id, started, requested, routed, status in rows:
-        store.begin({"id": id, "started_at": started, "requested_model": requested, "routed_model": routed, "request_headers": []})
+        store.begin({"id": id, "started_at": started, "requested_model": requested, "routed_model": routed})
         store.finish(id, state="completed", status=status)
     store.close()
     assert store.unmatched_models(before=500.0, limit=10) == [("unrouted", 1, 300.0, 0), ("mystery", 2, 200.0, 1)]

@@ -67,4 +67,4 @@ def test_mitmweb_shows_what_changed(module_rerouter):
     proxy = module_rerouter("mitmweb")
     openai_client(proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
     comments = [f.get("comment", "") for f in proxy.web_flows()]
-    assert "model: gpt-4 -> llama3-70b; thinking stripped" in comments
+    assert "model: gpt-4 -> llama3-70b; token usage requested; thinking stripped" in comments

@@ -16,6 +16,7 @@ from rerouter.thinking import OpenAIChunkEditor
 from tests.helpers import json_response
 from tests.helpers import reverse_flow
 from tests.helpers import start
+from tests.helpers import streamed
 
 
 @pytest.fixture
@@ -33,16 +34,6 @@ def sse(*deltas: str) -> bytes:
         for d in deltas
     ]
     return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
-
-
-def streamed(flow: http.HTTPFlow, body: bytes, chunk: int = 7) -> bytes:
-    """Feed `body` through the flow's stream callable the way mitmproxy does: reads, then b""."""
-    out = []
-    for i in range(0, len(body), chunk):
-        out += flow.response.stream(body[i : i + chunk])
-    out += flow.response.stream(b"")
-    assert all(out), "an empty element would end the client's chunked response"
-    return b"".join(out)
 
 
 def deltas(body: bytes) -> str:
