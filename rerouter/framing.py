@@ -45,11 +45,27 @@ class ChunkEditor(Protocol):
     def finish(self) -> list[dict]: ...
 
 
-class SSEFramer:
-    """Cuts a byte stream into server-sent events, each with its terminating blank line."""
+class Framer:
+    """What a framer holds: the start of an event or line that is not complete yet."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+
+    @property
+    def held(self) -> int:
+        return len(self._buffer)
+
+    def rest(self) -> bytes:
+        rest = bytes(self._buffer)
+        self._buffer.clear()
+        return rest
+
+
+class SSEFramer(Framer):
+    """Cuts a byte stream into server-sent events, each with its terminating blank line."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self._scan_from = 0
 
     def feed(self, data: bytes) -> list[bytes]:
@@ -66,22 +82,13 @@ class SSEFramer:
         self._scan_from = max(len(buffer) - 2, 0)
         return events
 
-    @property
-    def held(self) -> int:
-        return len(self._buffer)
-
     def rest(self) -> bytes:
-        rest = bytes(self._buffer)
-        self._buffer.clear()
         self._scan_from = 0
-        return rest
+        return super().rest()
 
 
-class LineFramer:
+class LineFramer(Framer):
     """Cuts a byte stream into lines, each with its line ending."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
         end = data.rfind(b"\n")
@@ -91,15 +98,6 @@ class LineFramer:
         complete = bytes(self._buffer) + data[: end + 1]
         self._buffer[:] = data[end + 1 :]
         return _LINE.findall(complete)
-
-    @property
-    def held(self) -> int:
-        return len(self._buffer)
-
-    def rest(self) -> bytes:
-        rest = bytes(self._buffer)
-        self._buffer.clear()
-        return rest
 
 
 def _normalise(encoding: str | None) -> str:
@@ -157,7 +155,7 @@ class EventStream:
 
     def __init__(
         self,
-        framer: SSEFramer | LineFramer,
+        framer: Framer,
         editor: ChunkEditor | None,
         encoding: str | None = None,
         meter: StreamMeter | None = None,
@@ -279,6 +277,30 @@ class EventStream:
         return [self._serialise(event) for event in self.editor.finish()]
 
     def _edit(self, event: bytes) -> list[bytes]:
+        """One complete event through the editor: unchanged bytes unless the editor changed its object."""
+        if self.editor.idle and not may_hold_reasoning(event):
+            return [event]
+        payload = self._payload(event)
+        if payload is None:
+            return [event]
+        if payload == b"[DONE]":
+            return self._carriers() + [event]
+        obj = _parse(payload)
+        if obj is None:
+            return [event]
+        result = self.editor.edit(obj)
+        if result is KEEP:
+            return [event]
+        if result is DROP:
+            return []
+        return [*self._before(result), self._rebuild(event, obj)]
+
+    def _payload(self, event: bytes) -> bytes | None:
+        """The event's JSON text, or None when it carries none."""
+        raise NotImplementedError
+
+    def _rebuild(self, event: bytes, obj: dict) -> bytes:
+        """The event again with its edited object, framed as it came."""
         raise NotImplementedError
 
     def _serialise(self, obj: dict) -> bytes:
@@ -296,36 +318,24 @@ class SSEStream(EventStream):
         super().__init__(SSEFramer(), editor, encoding, meter)
         self._newline = b"\n"
 
-    def _edit(self, event: bytes) -> list[bytes]:
-        if self.editor.idle and not may_hold_reasoning(event):
-            return [event]
-        body = event.rstrip(b"\r\n")
-        lines = body.splitlines()
-        data = [_data_value(line) for line in lines if line.startswith(b"data:")]
+    def _payload(self, event: bytes) -> bytes | None:
+        data = [_data_value(line) for line in event.rstrip(b"\r\n").splitlines() if line.startswith(b"data:")]
         if not data:
-            return [event]
+            return None
         self._newline = b"\r\n" if b"\r\n" in event else b"\n"
-        payload = b"\n".join(data)
-        if payload == b"[DONE]":
-            return self._carriers() + [event]
-        obj = _parse(payload)
-        if obj is None:
-            return [event]
-        result = self.editor.edit(obj)
-        if result is KEEP:
-            return [event]
-        if result is DROP:
-            return []
-        before = self._before(result)
+        return b"\n".join(data)
+
+    def _rebuild(self, event: bytes, obj: dict) -> bytes:
+        body = event.rstrip(b"\r\n")
         data_line = b"data: " + _dumps(obj)
         rebuilt = []
-        for line in lines:
+        for line in body.splitlines():
             if not line.startswith(b"data:"):
                 rebuilt.append(line)
             elif data_line:
                 rebuilt.append(data_line)
                 data_line = b""
-        return [*before, self._newline.join(rebuilt) + event[len(body) :]]
+        return self._newline.join(rebuilt) + event[len(body) :]
 
     def _serialise(self, obj: dict) -> bytes:
         return b"data: " + _dumps(obj) + self._newline * 2
@@ -347,19 +357,11 @@ class NDJSONStream(EventStream):
     def __init__(self, editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> None:
         super().__init__(LineFramer(), editor, encoding, meter)
 
-    def _edit(self, line: bytes) -> list[bytes]:
-        if self.editor.idle and not may_hold_reasoning(line):
-            return [line]
-        content = line.rstrip(b"\r\n")
-        obj = _parse(content)
-        if obj is None:
-            return [line]
-        result = self.editor.edit(obj)
-        if result is KEEP:
-            return [line]
-        if result is DROP:
-            return []
-        return [*self._before(result), _dumps(obj) + line[len(content) :]]
+    def _payload(self, line: bytes) -> bytes | None:
+        return line.rstrip(b"\r\n")
+
+    def _rebuild(self, line: bytes, obj: dict) -> bytes:
+        return _dumps(obj) + line[len(line.rstrip(b"\r\n")) :]
 
     def _serialise(self, obj: dict) -> bytes:
         return _dumps(obj) + b"\n"
