@@ -55,6 +55,10 @@ class Framer:
     def held(self) -> int:
         return len(self._buffer)
 
+    def whole(self, data: bytes) -> bool:
+        """Whether `data` is whole events or lines: true when nothing is held and it ends where one ends."""
+        raise NotImplementedError
+
     def rest(self) -> bytes:
         rest = bytes(self._buffer)
         self._buffer.clear()
@@ -82,6 +86,9 @@ class SSEFramer(Framer):
         self._scan_from = max(len(buffer) - 2, 0)
         return events
 
+    def whole(self, data: bytes) -> bool:
+        return not self._buffer and data.endswith((b"\n\n", b"\n\r\n"))
+
     def rest(self) -> bytes:
         self._scan_from = 0
         return super().rest()
@@ -89,6 +96,9 @@ class SSEFramer(Framer):
 
 class LineFramer(Framer):
     """Cuts a byte stream into lines, each with its line ending."""
+
+    def whole(self, data: bytes) -> bool:
+        return not self._buffer and data.endswith(b"\n")
 
     def feed(self, data: bytes) -> list[bytes]:
         end = data.rfind(b"\n")
@@ -188,12 +198,30 @@ class EventStream:
 
     def __call__(self, data: bytes) -> list[bytes]:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
+        if self._passes_whole(data):
+            if self.meter is not None:
+                self.meter.passed(data)
+            return [data]
         output = b"".join(self._process(data))
         if not output:
             return []
         if self.meter is not None:
             self.meter.delivered(output)
         return [output]
+
+    def _passes_whole(self, data: bytes) -> bool:
+        """
+        Most reads are whole events that nothing would change: these pass as they came, neither
+        framed nor copied. Not so a read that may hold a think tag or reasoning while an editor
+        is at work, token counts the meter takes out, or anything while a tag is pending.
+        """
+        return (
+            self._decompressor is None
+            and self._editing
+            and self._framer.whole(data)
+            and (self.editor is None or (self.editor.idle and not may_hold_reasoning(data)))
+            and (self.meter is None or not self.meter.may_edit(data))
+        )
 
     def _process(self, data: bytes) -> list[bytes]:
         if self._cut:

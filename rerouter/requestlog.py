@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
-from dataclasses import field
 
 from mitmproxy import http
 
@@ -39,21 +38,28 @@ CLEANUP_INTERVAL = 3600.0
 STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes", "database_url", "instance_name"}
 
 
-@dataclass
 class BodySample:
     """A streamed body as it passes: its size, its first `cap` bytes for the log, and its last bytes."""
 
-    cap: int
-    size: int = 0
-    head: bytearray = field(default_factory=bytearray)
-    tail: bytes = b""  # did the receiver get the last event?
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.size = 0
+        self.head = bytearray()
+        self._end = bytearray()  # between one and two LAST_EVENT_WINDOWs of the body's end, trimmed now and then
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        room = self.cap - len(self.head)
-        if room > 0:
-            self.head += chunk[:room]
-        self.tail = (self.tail + chunk[-LAST_EVENT_WINDOW:])[-LAST_EVENT_WINDOW:]
+        if len(self.head) < self.cap:
+            self.head += chunk[: self.cap - len(self.head)]
+        end = self._end
+        end += chunk[-LAST_EVENT_WINDOW:]
+        if len(end) > 2 * LAST_EVENT_WINDOW:
+            del end[:-LAST_EVENT_WINDOW]
+
+    @property
+    def tail(self) -> bytes:
+        """The body's last LAST_EVENT_WINDOW bytes: did the receiver get the last event?"""
+        return bytes(self._end[-LAST_EVENT_WINDOW:])
 
 
 @dataclass
@@ -96,7 +102,7 @@ class DeliveredStream:
     def __call__(self, data: bytes) -> list[bytes]:
         if callable(self.inner):
             out = self.inner(data)
-            chunks = [out] if isinstance(out, bytes) else list(out)
+            chunks = out if isinstance(out, list) else [out] if isinstance(out, bytes) else list(out)
         else:
             chunks = [data] if data else []
         for chunk in chunks:

@@ -41,23 +41,28 @@ class KeepAlive:
     so that idle timeouts of proxies and clients do not cut the stream.
 
     mitmproxy calls it only when upstream data arrives, and a reasoning model's
-    tokens keep arriving, so no timer of its own is needed.
+    tokens keep arriving, so no timer of its own is needed. The quiet is timed
+    from the first read that sent nothing, so a read that sends something costs
+    no clock reading.
     """
 
     def __init__(self, stream: EventStream, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
         self.seconds = seconds
         self._clock = clock
-        self._last_sent = clock()
+        self._quiet_since: float | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
         output = self.stream(data)
+        if output or not data or not self.stream.editing:
+            self._quiet_since = None
+            return output
         now = self._clock()
-        if output:
-            self._last_sent = now
-        elif data and self.stream.editing and now - self._last_sent >= self.seconds:
+        if self._quiet_since is None:
+            self._quiet_since = now
+        elif now - self._quiet_since >= self.seconds:
             # an edited stream's output ends at an event boundary, where a comment may go
-            self._last_sent = now
+            self._quiet_since = now
             return [KEEPALIVE_COMMENT]
         return output
 

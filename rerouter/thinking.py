@@ -246,9 +246,16 @@ class ThinkFilter:
 def may_hold_reasoning(raw: bytes) -> bool:
     """A cheap look at raw JSON bytes, so that most answers and events are never parsed."""
     # What raw JSON must contain to hold a think tag or a reasoning field (a key, so quoted); Go's
-    # JSON encoder (Ollama) writes `<` as \u003c. Plain substring tests, one after the other: a regex
-    # alternation stops at every "r" and "t" of the text (4x slower), a generator costs a call each.
-    return b"<" in raw or b"\\u003c" in raw or b"\\u003C" in raw or b'"reasoning' in raw or b'"thinking"' in raw
+    # JSON encoder (Ollama) writes `<` as \u003c. Plain searches, one after the other: a regex
+    # alternation stops at every "r" and "t" of the text (4x slower), a generator costs a call each,
+    # and bytes' `in` first tries the needle as an int (3x slower than find()).
+    return (
+        raw.find(b"<") >= 0
+        or raw.find(b"\\u003c") >= 0
+        or raw.find(b"\\u003C") >= 0
+        or raw.find(b'"reasoning') >= 0
+        or raw.find(b'"thinking"') >= 0
+    )
 
 
 def answer_model(raw: bytes) -> str | None:
@@ -466,15 +473,20 @@ class ChunkEditor:
         self.open_start = open_start
         self.echo = echo
         self.findings = Findings()
-
-    @property
-    def idle(self) -> bool:
-        """True when an event whose bytes cannot hold reasoning may pass unparsed."""
-        return self.echo is None and self.findings.model is not None and self._filters_idle()
+        self.idle = False
+        """True when an event whose bytes cannot hold reasoning may pass unparsed; an attribute, as it is read per network read."""
 
     @property
     def stripped(self) -> bool:
         return self.findings.edited
+
+    def edit(self, event: dict) -> Result:
+        result = self._edit(event)
+        self.idle = self.echo is None and self.findings.model is not None and self._filters_idle()
+        return result
+
+    def _edit(self, event: dict) -> Result:
+        raise NotImplementedError
 
     def _filters_idle(self) -> bool:
         raise NotImplementedError
@@ -525,7 +537,7 @@ class OpenAIChunkEditor(ChunkEditor):
     def _filters_idle(self) -> bool:
         return all(think.idle for think in self._filters.values())
 
-    def edit(self, event: dict) -> Result:
+    def _edit(self, event: dict) -> Result:
         changed = note_model(event, self.findings, self.echo)
         choices = event.get("choices")
         if not self.reasoning or not isinstance(choices, list) or not choices:
@@ -614,7 +626,7 @@ class OllamaChunkEditor(ChunkEditor):
     def _filters_idle(self) -> bool:
         return self._think.idle
 
-    def edit(self, event: dict) -> Result:
+    def _edit(self, event: dict) -> Result:
         changed = note_model(event, self.findings, self.echo)
         message = event.get("message")
         if not self.reasoning:
