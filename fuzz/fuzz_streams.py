@@ -887,7 +887,7 @@ def framer_target(fdp) -> None:
     framer = SSEFramer() if sse else LineFramer()
     events = []
     for piece in cut(data, sizes):
-        events += framer.feed(piece)
+        events += framer.split(framer.feed(piece))
     rest = framer.rest()
     check(b"".join(events) + rest == data, "framer-loses", f"framer output {events!r} + {rest!r}")
     want, want_rest = split_events(data, sse)

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 # A blank line: \n\n, \r\n\r\n, \r\n\n or \n\r\n. A leading \r is part of the event either way,
 # and leaving it out of the pattern lets the regex engine jump from \n to \n.
 _EVENT_END = re.compile(rb"\n\r?\n")
-_LINE = re.compile(rb"[^\n]*\n")
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _IDENTITY = "identity"
 MAX_HELD = 1024 * 1024
@@ -46,7 +46,11 @@ class ChunkEditor(Protocol):
 
 
 class Framer:
-    """What a framer holds: the start of an event or line that is not complete yet."""
+    """
+    Holds the start of an event or line that is not complete yet. `feed` gives what is complete
+    as one block, unsplit, which is all a read needs when nothing in it is edited; `split` cuts a
+    block into its events or lines only for the reads that are.
+    """
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -56,7 +60,32 @@ class Framer:
         return len(self._buffer)
 
     def whole(self, data: bytes) -> bool:
-        """Whether `data` is whole events or lines: true when nothing is held and it ends where one ends."""
+        """A quick look: true only when nothing is held and `data` surely ends with a complete event or line."""
+        return not self._buffer and self._ends_complete(data)
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete events or lines so far, as one block (`data` itself when it is just that); the rest is held."""
+        if self.whole(data):
+            return data
+        held = self._buffer
+        text = bytes(held) + data if held else data
+        end = self._complete(text, max(len(held) - 2, 0))
+        if not end:
+            held += data
+            return b""
+        self._buffer = bytearray(text[end:])
+        return text if end == len(text) else text[:end]
+
+    def _ends_complete(self, text: bytes) -> bool:
+        raise NotImplementedError
+
+    def _complete(self, text: bytes, start: int) -> int:
+        """Where the last complete event or line in `text` ends (0 for none); none ends before `start`."""
+        raise NotImplementedError
+
+    @staticmethod
+    def split(block: bytes) -> list[bytes]:
+        """The events or lines of a block, in order; an unterminated end (the stream's last bytes) is one too."""
         raise NotImplementedError
 
     def rest(self) -> bytes:
@@ -68,46 +97,44 @@ class Framer:
 class SSEFramer(Framer):
     """Cuts a byte stream into server-sent events, each with its terminating blank line."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._scan_from = 0
+    def _ends_complete(self, text: bytes) -> bool:
+        # Blank lines are found from the left: only a run of exactly one blank line surely ends at the end.
+        if text.endswith(b"\n\n"):
+            return not text.endswith((b"\n\n\n", b"\r\n\n"))
+        return text.endswith(b"\r\n\r\n") and not text.endswith((b"\n\r\n\r\n", b"\r\r\n\r\n"))
 
-    def feed(self, data: bytes) -> list[bytes]:
-        buffer = self._buffer
-        buffer += data
+    def _complete(self, text: bytes, start: int) -> int:
+        # Only new bytes can complete a blank line, together with at most 2 bytes before them;
+        # blank lines are found from the left, as `split` finds them.
+        end = 0
+        while match := _EVENT_END.search(text, start):
+            end = start = match.end()
+        return end
+
+    @staticmethod
+    def split(block: bytes) -> list[bytes]:
         events = []
         start = 0
-        # Only new bytes can complete a blank line, together with at most 2 bytes before them.
-        pos = self._scan_from
-        while match := _EVENT_END.search(buffer, pos):
-            events.append(bytes(buffer[start : match.end()]))
-            start = pos = match.end()
-        del buffer[:start]
-        self._scan_from = max(len(buffer) - 2, 0)
+        for match in _EVENT_END.finditer(block):
+            events.append(block[start : match.end()])
+            start = match.end()
+        if start < len(block):
+            events.append(block[start:])
         return events
-
-    def whole(self, data: bytes) -> bool:
-        return not self._buffer and data.endswith((b"\n\n", b"\n\r\n"))
-
-    def rest(self) -> bytes:
-        self._scan_from = 0
-        return super().rest()
 
 
 class LineFramer(Framer):
     """Cuts a byte stream into lines, each with its line ending."""
 
-    def whole(self, data: bytes) -> bool:
-        return not self._buffer and data.endswith(b"\n")
+    def _ends_complete(self, text: bytes) -> bool:
+        return text.endswith(b"\n")
 
-    def feed(self, data: bytes) -> list[bytes]:
-        end = data.rfind(b"\n")
-        if end < 0:
-            self._buffer += data
-            return []
-        complete = bytes(self._buffer) + data[: end + 1]
-        self._buffer[:] = data[end + 1 :]
-        return _LINE.findall(complete)
+    def _complete(self, text: bytes, start: int) -> int:
+        return text.rfind(b"\n", start) + 1
+
+    @staticmethod
+    def split(block: bytes) -> list[bytes]:
+        return _LINE.findall(block)
 
 
 def _normalise(encoding: str | None) -> str:
@@ -200,7 +227,8 @@ class EventStream:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
         if self._passes_whole(data):
             if self.meter is not None:
-                self.meter.passed(data)
+                self.meter.received([data])
+                self.meter.delivered(data)
             return [data]
         output = b"".join(self._process(data))
         if not output:
@@ -210,17 +238,17 @@ class EventStream:
         return [output]
 
     def _passes_whole(self, data: bytes) -> bool:
+        """Most reads are whole events, plain and passing: these skip the rest of the way."""
+        return self._decompressor is None and self._editing and self._framer.whole(data) and self._passes(data)
+
+    def _passes(self, block: bytes) -> bool:
         """
-        Most reads are whole events that nothing would change: these pass as they came, neither
-        framed nor copied. Not so a read that may hold a think tag or reasoning while an editor
-        is at work, token counts the meter takes out, or anything while a tag is pending.
+        Most blocks are events that nothing would change: these pass as they came, neither split
+        nor copied. Not so a block that may hold a think tag or reasoning while an editor is at
+        work, or token counts the meter takes out, or anything while the editor is not idle.
         """
-        return (
-            self._decompressor is None
-            and self._editing
-            and self._framer.whole(data)
-            and (self.editor is None or (self.editor.idle and not may_hold_reasoning(data)))
-            and (self.meter is None or not self.meter.may_edit(data))
+        return (self.editor is None or (self.editor.idle and not may_hold_reasoning(block))) and (
+            self.meter is None or not self.meter.may_edit(block)
         )
 
     def _process(self, data: bytes) -> list[bytes]:
@@ -235,16 +263,17 @@ class EventStream:
             return self._cut_off()
         if not self._editing:
             return [plain]
-        events = self._framer.feed(plain)
-        if not data and (rest := self._framer.rest()):
-            events.append(rest)
-        if events and self.meter is not None:
-            events = self.meter.received(events)
+        block = self._framer.feed(plain)
+        if not data:
+            block += self._framer.rest()
         output: list[bytes] = []
-        if events and (self.editor is None or self.editor.idle):
-            block = b"".join(events)
-            if self.editor is None or not may_hold_reasoning(block):  # nothing here can touch a think tag: pass it whole
-                events, output = [], [block]
+        events = []
+        if block and self._passes(block):
+            output = self.meter.received([block]) if self.meter is not None else [block]
+        elif block:
+            events = self._framer.split(block)
+            if self.meter is not None:
+                events = self.meter.received(events)
         for i, event in enumerate(events):
             try:
                 output += self._edit(event)

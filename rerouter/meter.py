@@ -102,11 +102,6 @@ class StreamMeter:
         """Whether `received` may take an event out of this block: only one with token counts can be."""
         return self.drop_usage and may_hold_counts(block)
 
-    def passed(self, block: bytes) -> None:
-        """Called with a read whose events go to the client as they came (may_edit was false)."""
-        self.received([block])
-        self.delivered(block)
-
     def delivered(self, output: bytes) -> None:
         """Called with what each read sends to the client."""
         if self.first_token_ms is None and _ANSWER_TEXT.search(output) is not None:

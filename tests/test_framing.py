@@ -56,62 +56,70 @@ def parse_ndjson(output: bytes) -> list[dict]:
     return [json.loads(line) for line in output.splitlines()]
 
 
+def framed(framer: SSEFramer | LineFramer, *reads: bytes) -> list[bytes]:
+    """The events or lines the framer cuts from the reads, in order."""
+    return [event for data in reads for event in framer.split(framer.feed(data))]
+
+
 class TestSSEFramer:
     @pytest.mark.parametrize("end", [b"\n\n", b"\r\n\r\n", b"\r\n\n", b"\n\r\n"])
     def test_event_endings(self, end):
         framer = SSEFramer()
-        assert framer.feed(b"data: 1" + end + b"data: 2") == [b"data: 1" + end]
+        assert framed(framer, b"data: 1" + end + b"data: 2") == [b"data: 1" + end]
         assert framer.rest() == b"data: 2"
         assert framer.rest() == b""
 
     def test_several_events_per_chunk(self):
         framer = SSEFramer()
-        assert framer.feed(b": ping\n\ndata: a\n\nevent: x\ndata: b\n\n") == [b": ping\n\n", b"data: a\n\n", b"event: x\ndata: b\n\n"]
+        assert framed(framer, b": ping\n\ndata: a\n\nevent: x\ndata: b\n\n") == [b": ping\n\n", b"data: a\n\n", b"event: x\ndata: b\n\n"]
+
+    def test_a_whole_read_is_the_block_itself(self):
+        data = b"data: a\n\ndata: b\n\n"
+        assert SSEFramer().feed(data) is data
+
+    def test_the_block_ends_at_the_last_complete_event(self):
+        framer = SSEFramer()
+        assert framer.feed(b"data: a\n\ndata: b\n\ndata: c") == b"data: a\n\ndata: b\n\n"
+        assert framer.feed(b"\n") == b""
+        assert framer.feed(b"\ndata: d") == b"data: c\n\n"
+        assert framer.held == len(b"data: d")
 
     @pytest.mark.parametrize("newline", [b"\n", b"\r\n"])
     def test_one_byte_chunks(self, newline):
         stream = (b"data: {}" + newline + newline) * 3 + b"id: 1" + newline + b"data: x" + newline + newline
         framer = SSEFramer()
-        events = []
-        for i in range(len(stream)):
-            events += framer.feed(stream[i : i + 1])
+        events = framed(framer, *(stream[i : i + 1] for i in range(len(stream))))
         assert b"".join(events) == stream
         assert len(events) == 4
         assert framer.rest() == b""
 
     def test_multibyte_characters_split(self):
         stream = 'data: {"content":"é😀"}\n\n'.encode()
-        framer = SSEFramer()
-        events = framer.feed(stream[:18]) + framer.feed(stream[18:21]) + framer.feed(stream[21:])
-        assert events == [stream]
+        assert framed(SSEFramer(), stream[:18], stream[18:21], stream[21:]) == [stream]
 
     @given(st.lists(st.sampled_from([b"data: x", b"\n", b"\r\n", b": c", b"\r"]), max_size=30), st.lists(st.integers(1, 7), max_size=10))
     def test_chunking_never_changes_events(self, parts, sizes):
         stream = b"".join(parts)
         whole = SSEFramer()
-        expected = whole.feed(stream) + [whole.rest()]
+        expected = framed(whole, stream) + [whole.rest()]
         framer = SSEFramer()
-        events = []
-        for piece in chunked(stream, sizes):
-            events += framer.feed(piece)
-        assert events + [framer.rest()] == expected
+        assert framed(framer, *chunked(stream, sizes)) + [framer.rest()] == expected
 
 
 class TestLineFramer:
     def test_lines(self):
         framer = LineFramer()
-        assert framer.feed(b'{"a":1}\n{"b"') == [b'{"a":1}\n']
-        assert framer.feed(b":2}\r\n\n{") == [b'{"b":2}\r\n', b"\n"]
+        assert framed(framer, b'{"a":1}\n{"b"') == [b'{"a":1}\n']
+        assert framed(framer, b":2}\r\n\n{") == [b'{"b":2}\r\n', b"\n"]
         assert framer.rest() == b"{"
         assert framer.rest() == b""
 
     def test_one_byte_chunks(self):
         stream = '{"x":"é"}\n{"y":2}\r\n'.encode()
-        framer = LineFramer()
-        lines = []
-        for i in range(len(stream)):
-            lines += framer.feed(stream[i : i + 1])
-        assert lines == ['{"x":"é"}\n'.encode(), b'{"y":2}\r\n']
+        assert framed(LineFramer(), *(stream[i : i + 1] for i in range(len(stream)))) == ['{"x":"é"}\n'.encode(), b'{"y":2}\r\n']
+
+    def test_an_unterminated_end_is_a_line(self):
+        assert LineFramer.split(b'{"a":1}\n{"b":2}') == [b'{"a":1}\n', b'{"b":2}']
 
 
 def test_supports_encoding():
