@@ -227,7 +227,6 @@ class EventStream:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
         if self._passes_whole(data):
             if self.meter is not None:
-                self.meter.received([data])
                 self.meter.delivered(data)
             return [data]
         output = b"".join(self._process(data))
@@ -239,17 +238,18 @@ class EventStream:
 
     def _passes_whole(self, data: bytes) -> bool:
         """Most reads are whole events, plain and passing: these skip the rest of the way."""
-        return self._decompressor is None and self._editing and self._framer.whole(data) and self._passes(data)
+        return self._decompressor is None and self._editing and self._framer.whole(data) and self._let_pass(data)
 
-    def _passes(self, block: bytes) -> bool:
+    def _let_pass(self, block: bytes) -> bool:
         """
-        Most blocks are events that nothing would change: these pass as they came, neither split
-        nor copied. Not so a block that may hold a think tag or reasoning while an editor is at
-        work, or token counts the meter takes out, or anything while the editor is not idle.
+        Lets a block of events pass as it came, neither split nor copied, when nothing in it would
+        change, and the meter notes it. False for a block that may hold a think tag or reasoning
+        while an editor is at work, or anything while the editor is not idle, or token counts the
+        meter takes out: that block is split and edited.
         """
-        return (self.editor is None or (self.editor.idle and not may_hold_reasoning(block))) and (
-            self.meter is None or not self.meter.may_edit(block)
-        )
+        if self.editor is not None and not (self.editor.idle and not may_hold_reasoning(block)):
+            return False
+        return self.meter is None or self.meter.passing(block)
 
     def _process(self, data: bytes) -> list[bytes]:
         if self._cut:
@@ -268,8 +268,8 @@ class EventStream:
             block += self._framer.rest()
         output: list[bytes] = []
         events = []
-        if block and self._passes(block):
-            output = self.meter.received([block]) if self.meter is not None else [block]
+        if block and self._let_pass(block):
+            output = [block]
         elif block:
             events = self._framer.split(block)
             if self.meter is not None:

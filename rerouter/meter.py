@@ -87,20 +87,33 @@ class StreamMeter:
     def received(self, events: list[bytes]) -> list[bytes]:
         """Called with the complete events of each read, before they are edited; returns the events to pass on."""
         block = events[0] if len(events) == 1 else b"".join(events)
+        self._arrived(block)
+        if may_hold_counts(block):
+            events = [event for event in events if not self._count(event)]
+            self._rate()
+        return events
+
+    def passing(self, block: bytes) -> bool:
+        """
+        Notes a read's complete events as one block that passes unsplit, and returns True; returns
+        False, noting nothing, when an event may have to be taken out: then `received` gets the events.
+        """
+        counts = may_hold_counts(block)
+        if counts and self.drop_usage:
+            return False
+        self._arrived(block)
+        if counts:
+            self._count(block)
+            self._rate()
+        return True
+
+    def _arrived(self, block: bytes) -> None:
         now = time.time()
         if self.first_token is None and _ANY_TEXT.search(block) is not None:
             self.first_token = now
             self.upstream_first_token_ms = self._since_start(now)
         if self.first_token is not None:
             self.recent.append((now, block))
-        if may_hold_counts(block):
-            events = [event for event in events if not self._count(event)]
-            self._rate()
-        return events
-
-    def may_edit(self, block: bytes) -> bool:
-        """Whether `received` may take an event out of this block: only one with token counts can be."""
-        return self.drop_usage and may_hold_counts(block)
 
     def delivered(self, output: bytes) -> None:
         """Called with what each read sends to the client."""

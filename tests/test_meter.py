@@ -121,6 +121,15 @@ class TestStreamMeter:
         assert b"".join(run(stream, chunked(data, sizes))) == data
         assert (meter.prompt_tokens, meter.completion_tokens) == (12, 30)
 
+    def test_a_block_passes_whole_unless_an_event_must_come_out(self):
+        block = b"".join(openai_events("Hello", " world"))
+        dropping = StreamMeter(STARTED, drop_usage=True)
+        assert not dropping.passing(block)
+        assert dropping.completion_tokens is None and not dropping.recent  # nothing noted: the events come next
+        keeping = StreamMeter(STARTED)
+        assert keeping.passing(block)
+        assert (keeping.prompt_tokens, keeping.completion_tokens) == (12, 30)
+
     def test_times_from_the_request_start(self, clock):
         stream, meter = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.1
