@@ -248,11 +248,11 @@ def may_hold_reasoning(raw: bytes) -> bool:
     # What raw JSON must contain to hold a think tag or a reasoning field (a key, so quoted); Go's
     # JSON encoder (Ollama) writes `<` as \u003c. Plain searches, one after the other: a regex
     # alternation stops at every "r" and "t" of the text (4x slower), a generator costs a call each,
-    # and bytes' `in` first tries the needle as an int (3x slower than find()). Each search reads
-    # the whole text, so the two spellings of \u003c share one until it finds something.
+    # and bytes' `in` first tries the needle as an int (3x slower than find()). A one-byte search
+    # (memchr) is 15x faster than a word's, so \u003c is looked for only where a backslash is.
     return (
         raw.find(b"<") >= 0
-        or (raw.find(b"\\u003") >= 0 and (raw.find(b"\\u003c") >= 0 or raw.find(b"\\u003C") >= 0))
+        or (raw.find(b"\\") >= 0 and (raw.find(b"\\u003c") >= 0 or raw.find(b"\\u003C") >= 0))
         or raw.find(b'"reasoning') >= 0
         or raw.find(b'"thinking"') >= 0
     )
