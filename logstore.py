@@ -851,8 +851,9 @@ class Writer:
     def _take(self) -> list[tuple]:
         """
         Blocks for one item (until the next tick at most), sleeps the database's gathering
-        time (cut short by close()), then takes what is queued by then, to write it all in one
-        transaction: a put while the writer sleeps wakes no one.
+        time (cut short by close(), skipped when a full batch is queued already), then takes
+        what is queued by then, to write it all in one transaction: a put while the writer
+        sleeps wakes no one.
         """
         timeout = None if self.database.tick_seconds is None else max(0.0, self._next_tick - time.monotonic())
         try:

@@ -41,7 +41,7 @@ CLEANUP_INTERVAL = 3600.0
 INFLIGHT_ROW_AFTER = 1.0
 """
 Seconds a request runs before its in-flight row is written. Most requests end sooner and are
-written once, whole, at their end: half the queue items and statements of a row written at the
+written once, whole, at their end: one queue item and no UPDATE, instead of a row written at the
 start and updated at the end, which is CPU the event loop shares with the writer thread. A request
 that runs longer (a long stream) is in the database while it runs: other replicas list it, and a
 crash leaves it there to be marked aborted.
