@@ -1,19 +1,20 @@
 """
 The request log: one SQLite file (or a PostgreSQL database, see pglogstore), written by one background thread.
 
-The proxy's event loop never waits on the disk: `begin`, `finish` and
-`cleanup` only put an item on a bounded queue, and a writer thread drains it
-in batches, one transaction each. A slow, locked or failing disk costs log
+The proxy's event loop never waits on the disk: `record`, `begin`, `finish`
+and `cleanup` only put an item on a bounded queue, and a writer thread drains
+it in batches, one transaction each. A slow, locked or failing disk costs log
 entries at worst (counted in `dropped`), never proxy latency. The reads behind
 the JSON API block and are meant for a worker thread; WAL mode lets them run
 while the writer writes.
 
-Three tables. `requests` holds one small row per request, inserted when the
-request starts (the in-flight list and crash recovery read it) and updated
-when it ends; listing, counting and the stats read only these. The bodies
-have tables of their own, each body written once, never grown, big ones
-compressed: `request_bodies` (redacted headers and the request body) with the
-row, when the request starts; `response_bodies` (as delivered) when it ends.
+Three tables. `requests` holds one small row per request; listing, counting
+and the stats read only these. A request that ends soon is written once, whole
+(`record`); one that runs long is inserted while it runs (`begin`: other
+replicas and crash recovery read it) and updated when it ends (`finish`). The
+bodies have tables of their own, each body written once, never grown, big
+ones compressed: `request_bodies` (redacted headers and the request body) with
+the row's insert; `response_bodies` (as delivered) when the request ends.
 
 The read side is plain functions of a DB-API connection (`query_logs`,
 `query_row`, `query_stats`) in portable SQL with `?` placeholders, which
@@ -57,6 +58,13 @@ ABORTED_ERROR = "proxy stopped before the request finished"
 
 BATCH_SIZE = 500
 """Queue items per transaction: one commit for many rows is what lets the writer keep up."""
+GATHER_SECONDS = 0.05
+"""
+How long the writer waits after the first item of a batch, asleep, before it takes what else is
+queued: a row is written up to 50 ms later, but the writer wakes once per batch instead of once per
+item, and every wake of its thread takes the GIL from the event loop; a PostgreSQL transaction also
+costs a round trip.
+"""
 RETENTION_BATCH = 1000
 """Rows per DELETE, so that retention never holds the write lock for long."""
 MAX_PAGE = 500
@@ -106,7 +114,7 @@ START_FIELDS = (
 BEGIN_COLUMNS = (*START_FIELDS, "request_bytes", "instance")
 REQUEST_BODY_FIELDS = ("request_headers", "request_body")
 BEGIN_FIELDS = frozenset(BEGIN_COLUMNS) | frozenset(REQUEST_BODY_FIELDS)
-"""What begin() takes: the row as the request starts, with what the request sent."""
+"""What begin() and record() take: the row as the request starts, with what the request sent."""
 FLOW_FIELDS = (
     "reasoning_chars",
     "lone_think_close",
@@ -120,7 +128,7 @@ FLOW_FIELDS = (
     "completion_tokens",
     "tokens_per_s",
 )
-"""The fields the proxy's addons find out during a flow (FlowState.row_fields()); finish() takes them."""
+"""The fields the proxy's addons find out during a flow (FlowState.row_fields()); finish() and record() take them."""
 ROW_FIELDS = (
     *START_FIELDS,
     "status",
@@ -272,11 +280,22 @@ FINISH_COLUMNS = {
 """The row's columns finish() may set, each with the conversion to a type SQLite binds."""
 FINISH_CONVERSIONS = tuple(FINISH_COLUMNS.items())
 FINISH_FIELDS = frozenset(FINISH_COLUMNS) | {"response_body"}
+RECORD_COLUMNS = (*BEGIN_COLUMNS, *(name for name in FINISH_COLUMNS if name not in BEGIN_COLUMNS))
+"""The columns of a row written whole by record()."""
+RECORD_DEFAULTS = {"reasoning_chars": 0, "lone_think_close": 0, "reasoned_anyway": 0}
+"""The schema's defaults of the NOT NULL columns a whole row may lack (an insert of NULL would fail)."""
 
-INSERT = f"""
-    INSERT INTO requests ({", ".join(BEGIN_COLUMNS)}) VALUES ({", ".join("?" * len(BEGIN_COLUMNS))})
-    ON CONFLICT (id) DO NOTHING
-"""
+
+def insert_row(columns: tuple[str, ...]) -> str:
+    """An insert of a requests row with these columns; a known id is left as it is (a retried batch)."""
+    return f"""
+        INSERT INTO requests ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})
+        ON CONFLICT (id) DO NOTHING
+    """
+
+
+INSERT = insert_row(BEGIN_COLUMNS)
+INSERT_WHOLE = insert_row(RECORD_COLUMNS)
 # A field finish() was not given is passed as NULL and keeps what begin() wrote.
 UPDATE = f"""
     UPDATE requests SET {", ".join(f"{name} = coalesce(?, {name})" for name in FINISH_COLUMNS)}
@@ -292,6 +311,7 @@ INSERT_RESPONSE_BODY = """
     ON CONFLICT (seq) DO NOTHING
 """
 
+_RECORD = "record"
 _BEGIN = "begin"
 _FINISH = "finish"
 _CLEANUP = "cleanup"
@@ -441,8 +461,13 @@ def cap_body(body: bytes | None, total: int | None, limit: int) -> bytes | None:
 
 def body_bytes(item: tuple) -> int:
     """The bytes of the bodies a queue item holds: what a stuck writer keeps in memory."""
-    fields = item[-1] if isinstance(item[-1], dict) else {}
-    return sum(len(value) for value in fields.values() if isinstance(value, (bytes, bytearray)))
+    return sum(
+        len(value)
+        for part in item
+        if isinstance(part, dict)
+        for value in part.values()
+        if isinstance(value, (bytes, bytearray))
+    )
 
 
 def pack(body: bytes | None) -> tuple[bytes | None, bool]:
@@ -500,6 +525,7 @@ class Batch:
     """A cut body as the database stores it, and whether that is zlib-compressed."""
     size: int = 0
     inserts: list[tuple] = field(default_factory=list)
+    records: list[tuple] = field(default_factory=list)
     request_bodies: list[tuple] = field(default_factory=list)
     updates: list[tuple] = field(default_factory=list)
     response_bodies: list[tuple] = field(default_factory=list)
@@ -507,7 +533,9 @@ class Batch:
 
     def add(self, item: tuple, max_body_bytes: int) -> None:
         kind = item[0]
-        if kind == _BEGIN:
+        if kind == _RECORD:
+            self._record(item[1], item[2], max_body_bytes)
+        elif kind == _BEGIN:
             self._begin(item[1], max_body_bytes)
         elif kind == _FINISH:
             self._finish(item[1], item[2], max_body_bytes)
@@ -515,11 +543,24 @@ class Batch:
             self.cleanup = True
         self.size += 1
 
+    def _record(self, row: dict, fields: dict, max_body_bytes: int) -> None:
+        _check_fields("record", row, BEGIN_FIELDS)
+        _check_fields("record", fields, FINISH_FIELDS)
+        if fields.get("state") is None:
+            raise TypeError("record() needs the request's state")
+        ended = (item for item in zip(FINISH_COLUMNS, self._ending(fields)) if item[1] is not None)
+        # as finish() after begin(): what the end was not given keeps what the start had
+        whole = RECORD_DEFAULTS | dict(zip(BEGIN_COLUMNS, self._insert(row))) | dict(ended)
+        self.records.append(tuple(whole.get(name) for name in RECORD_COLUMNS))
+        self._request_body(row, max_body_bytes)
+        self._response_body(row["id"], fields, max_body_bytes)
+
     def _begin(self, row: dict, max_body_bytes: int) -> None:
-        unknown = row.keys() - BEGIN_FIELDS
-        if unknown:
-            raise TypeError(f"begin() got unknown fields: {', '.join(sorted(unknown))}")
+        _check_fields("begin", row, BEGIN_FIELDS)
         self.inserts.append(self._insert(row))
+        self._request_body(row, max_body_bytes)
+
+    def _request_body(self, row: dict, max_body_bytes: int) -> None:
         if any(name in row for name in REQUEST_BODY_FIELDS):
             self.request_bodies.append(
                 (
@@ -546,16 +587,27 @@ class Batch:
         )
 
     def _finish(self, id: str, fields: dict, max_body_bytes: int) -> None:
-        unknown = fields.keys() - FINISH_FIELDS
-        if unknown:
-            raise TypeError(f"finish() got unknown fields: {', '.join(sorted(unknown))}")
-        columns = (
+        _check_fields("finish", fields, FINISH_FIELDS)
+        self.updates.append((*self._ending(fields), str(id)))
+        self._response_body(id, fields, max_body_bytes)
+
+    @staticmethod
+    def _ending(fields: dict) -> tuple:
+        """FINISH_COLUMNS' values, converted; None where a field is not given."""
+        return tuple(
             None if (value := fields.get(name)) is None else convert(value) for name, convert in FINISH_CONVERSIONS
         )
-        self.updates.append((*columns, str(id)))
+
+    def _response_body(self, id: str, fields: dict, max_body_bytes: int) -> None:
         if fields.get("response_body") is not None:
             body = cap_body(fields["response_body"], fields.get("response_bytes"), max_body_bytes)
             self.response_bodies.append((*self.store_body(body), str(id)))
+
+
+def _check_fields(call: str, fields: dict, known: frozenset[str]) -> None:
+    unknown = fields.keys() - known
+    if unknown:
+        raise TypeError(f"{call}() got unknown fields: {', '.join(sorted(unknown))}")
 
 
 class Reader(Protocol):
@@ -625,7 +677,7 @@ class SqliteDatabase:
     errors = (sqlite3.Error,)
     tick_seconds = None
     shared = False
-    gather_seconds = 0.0
+    gather_seconds = GATHER_SECONDS
     store_body = staticmethod(pack)
 
     def __init__(self, path: str) -> None:
@@ -659,6 +711,7 @@ class SqliteDatabase:
         conn.execute("BEGIN IMMEDIATE")
         with conn:
             conn.executemany(INSERT, batch.inserts)
+            conn.executemany(INSERT_WHOLE, batch.records)
             conn.executemany(INSERT_REQUEST_BODY, batch.request_bodies)
             conn.executemany(UPDATE, batch.updates)
             conn.executemany(INSERT_RESPONSE_BODY, batch.response_bodies)
@@ -797,22 +850,22 @@ class Writer:
 
     def _take(self) -> list[tuple]:
         """
-        Blocks for one item (until the next tick at most), then takes what else is
-        queued already, or arrives within the database's gathering time, to write it
-        all in one transaction.
+        Blocks for one item (until the next tick at most), sleeps the database's gathering
+        time (cut short by close(), skipped when a full batch is queued already), then takes
+        what is queued by then, to write it all in one transaction: a put while the writer
+        sleeps wakes no one.
         """
         timeout = None if self.database.tick_seconds is None else max(0.0, self._next_tick - time.monotonic())
         try:
             items = [self.queue.get(timeout=timeout)]
         except queue.Empty:
             return []
-        gathered_by = time.monotonic() + self.database.gather_seconds
+        if self.queue.qsize() < BATCH_SIZE:
+            self._closing.wait(self.database.gather_seconds)
         while len(items) < BATCH_SIZE:
             try:
-                items.append(self.queue.get(timeout=max(0.0, gathered_by - time.monotonic())))
+                items.append(self.queue.get_nowait())
             except queue.Empty:
-                break
-            if items[-1] is _WAKE:
                 break
         return [item for item in items if item is not _WAKE]
 
@@ -981,9 +1034,17 @@ class LogStore:
         self._writer.stop(timeout)
         self.database.close()
 
+    def record(self, row: dict, **fields: Any) -> None:
+        """A request that has ended, written whole at once: what begin() takes in `row`, what finish() takes in `fields`."""
+        self._writer.put((_RECORD, self._owned(row), fields))
+
     def begin(self, row: dict) -> None:
+        """A request still running: its row in flight, for crash recovery and the other replicas."""
+        self._writer.put((_BEGIN, self._owned(row)))
+
+    def _owned(self, row: dict) -> dict:
         # A copy, because the writer reads the row later on its own thread.
-        self._writer.put((_BEGIN, {"instance": self.instance, **row}))
+        return {"instance": self.instance, **row}
 
     def finish(self, id: str, **fields: Any) -> None:
         self._writer.put((_FINISH, id, fields))

@@ -31,9 +31,11 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from logstore import ABORTED_ERROR
+from logstore import GATHER_SECONDS
 from logstore import INSERT
 from logstore import INSERT_REQUEST_BODY
 from logstore import INSERT_RESPONSE_BODY
+from logstore import INSERT_WHOLE
 from logstore import RETENTION_BATCH
 from logstore import UPDATE
 from logstore import Batch
@@ -46,11 +48,6 @@ from rerouter.dburl import masked
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
-GATHER_SECONDS = 0.05
-"""
-How long a batch waits for more entries: a row is written up to 50 ms later, and a lightly loaded
-proxy writes many requests per transaction, where each costs a round trip and psycopg's overhead.
-"""
 DEAD_AFTER = 30.0
 """Seconds without a heartbeat after which a replica's requests in flight are marked aborted."""
 DEAD_ERROR = "the replica serving it stopped before the request finished"
@@ -296,6 +293,7 @@ class PostgresDatabase:
         with conn.transaction(), conn.cursor() as cursor:
             for statement, rows in (
                 (INSERT, batch.inserts),
+                (INSERT_WHOLE, batch.records),
                 (INSERT_REQUEST_BODY, batch.request_bodies),
                 (UPDATE, batch.updates),
                 (INSERT_RESPONSE_BODY, batch.response_bodies),

@@ -2,7 +2,8 @@
 What the request log costs per request: time spent on the proxy's event loop in the log's
 hooks, how many rows per second the writer thread makes durable, and the CPU of all threads
 per streamed request with answers of 2 KB and 35 KB (a 200-token stream), split into the
-hooks (on the event loop) and the rest (the writer thread).
+hooks (on the event loop) and the writer thread, with the writer's context switches (each a
+hand-over of the GIL that the event loop waits for).
 
     python -m bench.log_write [--requests 20000] [--streams 2000]
 
@@ -19,6 +20,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from collections.abc import Sequence
@@ -35,7 +37,7 @@ from rerouter.settings import Settings
 
 PROSE = " ".join(module.__doc__ for module in (argparse, statistics, json, tempfile, contextlib))
 BODY = json.dumps({"model": "gpt-4", "messages": [{"role": "user", "content": PROSE[:2000]}]}).encode()
-BURST = 2000  # requests between waits for the writer: its queue holds 10000 items, two per request
+BURST = 2000  # requests between waits for the writer: its queue holds 10000 items, one per short request
 ANSWER = json.dumps({"choices": [{"message": {"role": "assistant", "content": PROSE[-1000:]}}]}).encode()
 CLIENTS = 16
 """Streamed requests per burst, as from the 16 clients of bench/run.py's stream workloads."""
@@ -120,25 +122,43 @@ def run(count: int, logging_on: bool) -> tuple[float, float]:
     return hooks, written
 
 
-def streamed_cpu(count: int, events: list[bytes]) -> tuple[float, float]:
+def writer_thread() -> threading.Thread:
+    (thread,) = [thread for thread in threading.enumerate() if thread.name == "request-log-writer"]
+    return thread
+
+
+def thread_usage(thread: threading.Thread) -> tuple[float, int]:
+    """A thread's CPU seconds so far, and its context switches (voluntary and not) as Linux counts them."""
+    cpu = time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    switches = sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
+    return cpu, switches
+
+
+def streamed_cpu(count: int, events: list[bytes]) -> tuple[float, float, float]:
     """
-    CPU seconds per streamed request in the hooks, and in the rest of the process (the writer
-    thread), in bursts of CLIENTS requests, each burst once the writer has taken the previous one.
+    Per streamed request: CPU seconds in the hooks, CPU seconds of the writer thread and its
+    context switches, in bursts of CLIENTS requests, each burst once the writer has taken the
+    previous one, until the writer has written them all.
     """
     with request_log(True) as log:
         batch = flows(count)
         responses = [http.Response.make(200, b"", {"content-type": "text/event-stream"}) for _ in batch]
+        writer = writer_thread()
+        writer_cpu, writer_switches = thread_usage(writer)
         hooks = 0.0
-        started = time.process_time()
         for first in range(0, count, CLIENTS):
             burst_started = time.thread_time()
             for flow, response in zip(batch[first : first + CLIENTS], responses[first : first + CLIENTS]):
                 one_request(log, flow, response, events)
             hooks += time.thread_time() - burst_started
             while log.store.queued:
-                time.sleep(0.001)
-        log.done()  # waits for the writer to write what is queued
-        return hooks / count, (time.process_time() - started - hooks) / count
+                time.sleep(0.005)
+        while log.store.logs(state="completed", limit=1)[1] < count:
+            time.sleep(0.005)
+        cpu, switches = thread_usage(writer)
+        log.done()
+        return hooks / count, (cpu - writer_cpu) / count, (switches - writer_switches) / count
 
 
 def main() -> None:
@@ -163,10 +183,11 @@ def main() -> None:
     print(f"event-loop time in the log's hooks, logging off: {statistics.median(off):7.1f} µs per request")
     print(f"rows written by the writer thread, in bursts of {BURST}: {statistics.median(durable):7.0f} requests per second")
     for size, figures in streamed.items():
-        hooks, writer = (statistics.median(column) * 1e6 for column in zip(*figures))
+        hooks, writer, switches = (statistics.median(column) for column in zip(*figures))
         print(
             f"CPU per streamed request, {size:2d} KB answer ({len(answers[size]):3d} events), {args.streams} in bursts "
-            f"of {CLIENTS}: {hooks:6.1f} µs in the hooks + {writer:6.1f} µs in the writer = {hooks + writer:6.1f} µs"
+            f"of {CLIENTS}: {hooks * 1e6:6.1f} µs in the hooks + {writer * 1e6:6.1f} µs in the writer thread "
+            f"= {(hooks + writer) * 1e6:6.1f} µs; {switches:4.1f} context switches of the writer thread"
         )
 
 

@@ -2,7 +2,9 @@
 The request log: every proxied request as a row in SQLite, and the live list of requests in flight.
 
 Hooks only copy what they need from the flow and hand it to LogStore's queue;
-the disk is touched by LogStore's writer thread, never by the event loop.
+the disk is touched by LogStore's writer thread, never by the event loop. A
+request is queued once, whole, when it ends; only one that runs past
+INFLIGHT_ROW_AFTER has its row written while it runs as well.
 """
 
 import asyncio
@@ -35,6 +37,16 @@ from rerouter.upstream_failures import CLIENT_GONE
 logger = logging.getLogger(__name__)
 
 CLEANUP_INTERVAL = 3600.0
+INFLIGHT_ROW_AFTER = 1.0
+"""
+Seconds a request runs before its in-flight row is written. Most requests end sooner and are
+written once, whole, at their end: one queue item and no UPDATE, instead of a row written at the
+start and updated at the end, which is CPU the event loop shares with the writer thread. A request
+that runs longer (a long stream) is in the database while it runs: other replicas list it, and a
+crash leaves it there to be marked aborted.
+"""
+INFLIGHT_CHECK_INTERVAL = 0.25
+"""How often requests are looked at for INFLIGHT_ROW_AFTER: a long one's row is written this much later at most."""
 STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes", "database_url", "instance_name"}
 
 
@@ -74,6 +86,8 @@ class Inflight:
     started_at: float
     started: float  # time.monotonic(), for durations
     delivered: BodySample  # the streamed answer as the client gets it
+    unwritten_row: dict | None = None
+    """The row as the request started, until it is written: with the end, or past INFLIGHT_ROW_AFTER."""
 
     def as_dict(self, now: float) -> dict:
         return {
@@ -116,6 +130,7 @@ class RequestLog:
         self.store: LogStore | None = None
         self.inflight: dict[str, Inflight] = {}
         self.cleanup_task: asyncio.Task | None = None
+        self.inflight_task: asyncio.Task | None = None
 
     def configure(self, updated: set[str]) -> None:
         if not updated & STORE_OPTIONS:
@@ -139,11 +154,14 @@ class RequestLog:
         self.store = store
 
     def running(self) -> None:
-        self.cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_hourly())
+        loop = asyncio.get_running_loop()
+        self.cleanup_task = loop.create_task(self._cleanup_hourly())
+        self.inflight_task = loop.create_task(self._write_long_requests())
 
     def done(self) -> None:
-        if self.cleanup_task is not None:
-            self.cleanup_task.cancel()
+        for task in (self.cleanup_task, self.inflight_task):
+            if task is not None:
+                task.cancel()
         self._close_store()
 
     async def _cleanup_hourly(self) -> None:
@@ -151,6 +169,22 @@ class RequestLog:
             await asyncio.sleep(CLEANUP_INTERVAL)
             if self.store is not None:
                 self.store.cleanup()
+
+    async def _write_long_requests(self) -> None:
+        while True:
+            await asyncio.sleep(INFLIGHT_CHECK_INTERVAL)
+            self.write_inflight_rows(time.monotonic() - INFLIGHT_ROW_AFTER)
+
+    def write_inflight_rows(self, started_before: float) -> None:
+        """Writes the in-flight rows of the requests started before `started_before` (monotonic) whose row is not written."""
+        if self.store is None:
+            return
+        for record in self.inflight.values():  # in the order the requests started
+            if record.started >= started_before:
+                return
+            if record.unwritten_row is not None:
+                self.store.begin(record.unwritten_row)
+                record.unwritten_row = None
 
     def _close_store(self) -> None:
         if self.store is not None:
@@ -180,22 +214,20 @@ class RequestLog:
         passed = request.stream.sample if isinstance(request.stream, DeliveredStream) else None
         request_body, request_bytes = self._logged(request, passed)
         self.inflight[flow.id] = record
-        self.store.begin(
-            {
-                "id": record.id,
-                "started_at": record.started_at,
-                "method": record.method,
-                "path": record.path,
-                "service": "ollama" if is_ollama_path(request.path) else "openai",
-                "upstream": f"{request.scheme}://{request.host}:{request.port}",
-                "stream": False,
-                "requested_model": record.requested_model,
-                "routed_model": record.routed_model,
-                "request_headers": list(request.headers.items(multi=True)),
-                "request_body": request_body,
-                "request_bytes": request_bytes,
-            }
-        )
+        record.unwritten_row = {
+            "id": record.id,
+            "started_at": record.started_at,
+            "method": record.method,
+            "path": record.path,
+            "service": "ollama" if is_ollama_path(request.path) else "openai",
+            "upstream": f"{request.scheme}://{request.host}:{request.port}",
+            "stream": False,
+            "requested_model": record.requested_model,
+            "routed_model": record.routed_model,
+            "request_headers": list(request.headers.items(multi=True)),
+            "request_body": request_body,
+            "request_bytes": request_bytes,
+        }
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         record = self.inflight.get(flow.id)
@@ -210,8 +242,8 @@ class RequestLog:
         assert response is not None
         streamed = isinstance(response.stream, DeliveredStream)
         body, size = self._logged(response, record.delivered if streamed else None)
-        self.store.finish(
-            record.id,
+        self._end(
+            record,
             state="completed",
             status=response.status_code,
             duration_ms=self._duration(record),
@@ -236,8 +268,8 @@ class RequestLog:
         else:
             state = "aborted" if message == CLIENT_GONE else "error"
         encoding = flow.response.headers.get("content-encoding") if flow.response else None
-        self.store.finish(
-            record.id,
+        self._end(
+            record,
             state=state,
             status=status,
             duration_ms=self._duration(record),
@@ -247,6 +279,14 @@ class RequestLog:
             error=message,
             **shared.row_fields(),
         )
+
+    def _end(self, record: Inflight, **fields) -> None:
+        """The whole row when its start is not written yet, else the end of the written one."""
+        assert self.store is not None
+        if record.unwritten_row is not None:
+            self.store.record(record.unwritten_row, **fields)
+        else:
+            self.store.finish(record.id, **fields)
 
     def _logged(self, message: http.Message, passed: BodySample | None) -> tuple[bytes, int | None]:
         """

@@ -11,6 +11,7 @@ from tests.helpers import wait_for
 
 def test_body_bytes_of_queue_items():
     assert body_bytes(("begin", {"id": "a", "request_body": b"x" * 10, "request_headers": [("a", "b")]})) == 10
+    assert body_bytes(("record", {"id": "a", "request_body": b"x" * 10}, {"response_body": b"y" * 7})) == 17
     assert body_bytes(("finish", "a", {"state": "completed", "response_body": bytearray(5)})) == 5
     assert body_bytes(("cleanup",)) == 0
 
@@ -36,3 +37,21 @@ def test_a_stuck_writer_holds_at_most_queue_max_bytes_of_bodies(tmp_path):
     finally:
         writer.stop(10)
     assert writer.held_bytes == 0
+
+
+def test_the_writer_takes_what_is_queued_while_it_sleeps_and_close_wakes_it(tmp_path):
+    database = SqliteDatabase(str(tmp_path / "log.db"))
+    database.gather_seconds = 60.0
+    batches = []
+    write = database.write
+    database.write = lambda batch: batches.append(batch.size) or write(batch)
+    writer = Writer(database, 1000, 3600.0, 100)
+    writer.start()
+    writer.put(("record", {"id": "r0", "started_at": time.time()}, {"state": "completed"}))
+    wait_for(writer.queue.empty)  # taken: the writer sleeps its gathering time
+    for i in range(1, 10):
+        writer.put(("record", {"id": f"r{i}", "started_at": time.time()}, {"state": "completed"}))
+    started = time.monotonic()
+    writer.stop(10)
+    assert time.monotonic() - started < 5, "close() must not wait out the gathering time"
+    assert batches == [10]

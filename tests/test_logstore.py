@@ -323,6 +323,39 @@ class TestWriting:
         assert rows == [expected]
         assert list(rows[0]) == list(ROW_FIELDS)
 
+    def test_a_row_written_whole_is_the_row_begun_and_finished(self, store):
+        started = {"path": SECRET_PATH, "request_headers": SECRET_HEADERS, "stream": True, "routed_model": "qwen3:8b"}
+        answer = b"data: the answer\n\n" * 1000
+        ended = {
+            "state": "error",
+            "status": 502,
+            "duration_ms": 1234.5,
+            "response_bytes": len(answer) + 1,
+            "response_body": answer,
+            "error": "upstream failed",
+            "stream": False,
+            "routed_model": None,
+            **ROUND_2,
+        }
+        store.begin(request("begun", **started))
+        store.finish("begun", **ended)
+        store.record(request("whole", **started), **ended)
+        wait_for(lambda: all((store.get(id) or {}).get("state") == "error" for id in ("begun", "whole")))
+        whole = store.get("whole")
+        assert {**whole, "id": "begun"} == store.get("begun")
+        assert (whole["stream"], whole["routed_model"], whole["completion_tokens"]) == (False, "qwen3:8b", 230)
+        assert SECRET not in json.dumps(whole) and TRUNCATED in whole["response_body"]
+        assert store.failures == 0
+
+    def test_whole_rows_without_a_state_are_skipped_and_flags_not_given_are_false(self, store):
+        store.record(request("no-state"), status=200)
+        store.record(request("r1"), state="completed", reasoning_chars=None, lone_think_close=None, reasoned_anyway=None)
+        store.close()
+        assert store.failures == 1
+        row = store.get("r1")
+        assert (row["state"], row["reasoning_chars"], row["lone_think_close"], row["reasoned_anyway"]) == ("completed", 0, False, False)
+        assert store.get("no-state") is None
+
     def test_round_2_fields_not_given_are_empty(self, store):
         write(store, request("r1"), state="completed", status=200)
         row = store.get("r1")
@@ -808,14 +841,16 @@ class TestCrashRecovery:
         crashed.begin(request("running", now))
         crashed.begin(request("done", now))
         crashed.finish("done", state="completed", status=200, duration_ms=5.0)
+        crashed.record(request("short", now), state="completed", status=200, duration_ms=5.0)
         crashed.close()
 
         store = opened(location)
         store.close()
         running = store.get("running")
         assert (running["state"], running["error"]) == ("aborted", ABORTED_ERROR)
-        done = store.get("done")
-        assert (done["state"], done["status"], done["error"]) == ("completed", 200, None)
+        for id in ("done", "short"):
+            done = store.get(id)
+            assert (done["state"], done["status"], done["error"]) == ("completed", 200, None)
 
 
 read_only_files = pytest.mark.skipif(

@@ -106,6 +106,8 @@ def test_kill_9_of_one_replica(rerouter, pg_url, openai_upstream):
     a.wait_ready(), b.wait_ready()
     marker = uuid.uuid4().hex
     held_b = HeldStream(b, openai_upstream)
+    # its row is in the database once it has run for INFLIGHT_ROW_AFTER
+    wait_for(lambda: [row["instance"] for row in inflight(a)] == ["b"])
     answered_by_a: list[int] = []
     stop = threading.Event()
 

@@ -1,4 +1,5 @@
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from mitmproxy.test import taddons
 
 from dashboard import Dashboard
 from dashboard import log_filters
+from rerouter import requestlog
 from rerouter.flows import flow_state
 from rerouter.requestlog import BodySample
 from rerouter.requestlog import DeliveredStream
@@ -36,6 +38,16 @@ class TestDeliveredStream:
         stream = DeliveredStream(inner, sample)
         assert stream(b"abc") == [b"ABC"]
         assert sample.head == b"ABC"
+
+
+def counted(calls: list[str], name: str, method):
+    """`method`, which adds its name to `calls` whenever it is called."""
+
+    def called(*args, **fields):
+        calls.append(name)
+        return method(*args, **fields)
+
+    return called
 
 
 class TestRequestLog:
@@ -121,6 +133,57 @@ class TestRequestLog:
         log.error(f)
         row = stored(log, f.id, state)
         assert (row["status"], row["error"]) == (status, message)
+
+    def test_a_short_request_is_written_once_whole(self, logged, monkeypatch):
+        tctx, s, log, dash = logged
+        queued = []
+        for name in ("record", "begin", "finish"):
+            monkeypatch.setattr(log.store, name, counted(queued, name, getattr(log.store, name)))
+        f = reverse_flow(body={"model": "m"})
+        log.request(f)
+        log.write_inflight_rows(time.monotonic() - requestlog.INFLIGHT_ROW_AFTER)
+        f.response = json_response({"choices": []})
+        log.responseheaders(f)
+        log.response(f)
+        assert queued == ["record"]
+        row = stored(log, f.id)
+        assert json.loads(row["request_body"]) == {"model": "m"} and json.loads(row["response_body"]) == {"choices": []}
+
+    @pytest.mark.parametrize("end", ["response", "error"])
+    def test_a_long_request_is_in_the_database_while_it_runs(self, logged, end):
+        tctx, s, log, dash = logged
+        f = reverse_flow(body={"model": "m"})
+        f.request.headers["authorization"] = "Bearer sk-secret"
+        log.request(f)
+        log.write_inflight_rows(time.monotonic())
+        running = stored(log, f.id, "inflight")
+        assert dict(running["request_headers"])["authorization"] == "[redacted]"
+        assert json.loads(running["request_body"]) == {"model": "m"}
+        log.write_inflight_rows(time.monotonic())  # written once
+        if end == "response":
+            f.response = json_response({"choices": []})
+            log.responseheaders(f)
+            log.response(f)
+        else:
+            f.error = mflow.Error("Client disconnected.")
+            log.error(f)
+        row = stored(log, f.id, "completed" if end == "response" else "aborted")
+        assert json.loads(row["request_body"]) == {"model": "m"}
+        assert log.store.logs()[1] == 1 and log.store.failures == 0
+
+    async def test_requests_running_past_inflight_row_after_are_written_while_they_run(self, logged, monkeypatch):
+        tctx, s, log, dash = logged
+        monkeypatch.setattr(requestlog, "INFLIGHT_ROW_AFTER", 0.05)
+        monkeypatch.setattr(requestlog, "INFLIGHT_CHECK_INTERVAL", 0.01)
+        log.running()
+        long, short = reverse_flow(), reverse_flow()
+        log.request(long)
+        await wait_for_async(lambda: log.store.get(long.id))
+        log.request(short)
+        short.response = json_response({"choices": []})
+        log.response(short)
+        await wait_for_async(lambda: log.store.logs(state="completed")[1] == 1)
+        assert log.store.logs(state="inflight")[0][0]["id"] == long.id
 
     def test_logging_off_creates_no_database(self, settings_env, tmp_path):
         settings_env.setenv("DB_PATH", str(tmp_path / "never.db"))

@@ -201,7 +201,8 @@ def test_inflight_while_streaming_and_gone_after(proxy, openai_upstream):
     assert (inflight[0]["requested_model"], inflight[0]["routed_model"]) == ("gpt-4", "llama3-70b")
     assert inflight[0]["elapsed_ms"] >= 0 and inflight[0]["response_bytes"] > 0
     assert get(proxy, "/api/stats")[1]["inflight"] == 1
-    assert get(proxy, "/api/logs?state=inflight")[1]["total"] == 1
+    # its row is in the database too once it has run for INFLIGHT_ROW_AFTER
+    wait_for(lambda: get(proxy, "/api/logs?state=inflight")[1]["total"] == 1)
     openai_upstream.release(gate)
     response.read()
     wait_for(lambda: not get(proxy, "/api/inflight")[1]["inflight"])
