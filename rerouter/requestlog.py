@@ -57,12 +57,17 @@ class BodySample:
         self.cap = cap
         self.size = 0
         self.head = bytearray()
-        self._end = bytearray()  # between one and two LAST_EVENT_WINDOWs of the body's end, trimmed now and then
+        self._end = bytearray()  # past the cap: between one and two LAST_EVENT_WINDOWs of the body's end
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if len(self.head) < self.cap:
-            self.head += chunk[: self.cap - len(self.head)]
+        room = self.cap - len(self.head)
+        if room >= len(chunk):  # most bodies fit under the cap: their end is the head's
+            self.head += chunk
+            return
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
         end = self._end
         end += chunk[-LAST_EVENT_WINDOW:]
         if len(end) > 2 * LAST_EVENT_WINDOW:
@@ -71,7 +76,7 @@ class BodySample:
     @property
     def tail(self) -> bytes:
         """The body's last LAST_EVENT_WINDOW bytes: did the receiver get the last event?"""
-        return bytes(self._end[-LAST_EVENT_WINDOW:])
+        return bytes((self.head[-LAST_EVENT_WINDOW:] + self._end)[-LAST_EVENT_WINDOW:])
 
 
 @dataclass

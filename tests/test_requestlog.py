@@ -3,6 +3,9 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 from mitmproxy import flow as mflow
 from mitmproxy import http
 from mitmproxy.addons.view import View
@@ -12,10 +15,12 @@ from dashboard import Dashboard
 from dashboard import log_filters
 from rerouter import requestlog
 from rerouter.flows import flow_state
+from rerouter.framing import LAST_EVENT_WINDOW
 from rerouter.requestlog import BodySample
 from rerouter.requestlog import DeliveredStream
 from rerouter.requestlog import RequestLog
 from rerouter.settings import Settings
+from tests.helpers import chunked
 from tests.helpers import dashboard_addons
 from tests.helpers import json_response
 from tests.helpers import reverse_flow
@@ -38,6 +43,18 @@ class TestDeliveredStream:
         stream = DeliveredStream(inner, sample)
         assert stream(b"abc") == [b"ABC"]
         assert sample.head == b"ABC"
+
+
+class TestBodySample:
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=20000), st.lists(st.integers(1, 5000), min_size=1, max_size=20), st.integers(0, 12000))
+    def test_keeps_the_head_and_the_end_whatever_the_chunks(self, body, sizes, cap):
+        sample = BodySample(cap)
+        for chunk in chunked(body, sizes):
+            sample.add(chunk)
+        assert sample.size == len(body)
+        assert sample.head == body[:cap]
+        assert sample.tail == body[-LAST_EVENT_WINDOW:]
 
 
 def counted(calls: list[str], name: str, method):
