@@ -9,11 +9,14 @@ from rerouter.flows import FlowState
 from rerouter.flows import decoded
 from rerouter.flows import flow_state
 from rerouter.flows import media_type
+from rerouter.meter import OLLAMA_COUNTS
+from rerouter.meter import OPENAI_COUNTS
 from rerouter.meter import StreamMeter
 from rerouter.meter import read_usage
 from rerouter.settings import Settings
 
-STREAMS = ("text/event-stream", "application/x-ndjson")
+STREAMS = {"text/event-stream": OPENAI_COUNTS, "application/x-ndjson": OLLAMA_COUNTS}
+"""The streams a meter watches, with the count keys each carries: OpenAI's in SSE, Ollama's in NDJSON."""
 METERED = ("upstream_first_token_ms", "first_token_ms", "prompt_tokens", "completion_tokens", "tokens_per_s")
 
 
@@ -36,8 +39,9 @@ class Figures:
         state = flow_state(flow)
         if response.timestamp_start is not None and request.timestamp_end is not None:
             state.upstream_ms = round((response.timestamp_start - request.timestamp_end) * 1000, 1)
-        if media_type(response) in STREAMS:
-            state.meter = StreamMeter(request.timestamp_start, drop_usage=state.usage_requested)
+        kind = media_type(response)
+        if kind in STREAMS:
+            state.meter = StreamMeter(request.timestamp_start, state.usage_requested, STREAMS[kind])
 
     def response(self, flow: http.HTTPFlow) -> None:
         response = flow.response

@@ -6,6 +6,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 from rerouter.framing import EventStream
+from rerouter.meter import OLLAMA_COUNTS
+from rerouter.meter import OPENAI_COUNTS
 from rerouter.meter import RECENT_READS
 from rerouter.meter import StreamMeter
 from rerouter.meter import ask_for_usage
@@ -97,7 +99,8 @@ class TestAskForUsage:
 
 
 def metered(kind: str, editor, drop_usage: bool = False) -> tuple[EventStream, StreamMeter]:
-    meter = StreamMeter(STARTED, drop_usage=drop_usage)
+    """A meter as Figures sets it up: looking for the stream's own count keys."""
+    meter = StreamMeter(STARTED, drop_usage, OPENAI_COUNTS if kind == "sse" else OLLAMA_COUNTS)
     stream = EventStream.sse(editor, meter=meter) if kind == "sse" else EventStream.ndjson(editor, meter=meter)
     return stream, meter
 
