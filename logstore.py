@@ -296,6 +296,48 @@ def insert_row(columns: tuple[str, ...]) -> str:
 
 INSERT = insert_row(BEGIN_COLUMNS)
 INSERT_WHOLE = insert_row(RECORD_COLUMNS)
+
+
+def _values(count: int, width: int) -> str:
+    row = f"({', '.join('?' * width)})"
+    return ", ".join([row] * count)
+
+
+def insert_rows(columns: tuple[str, ...]) -> Callable[[int], str]:
+    """insert_row for `count` rows in one statement (SQLite's writer)."""
+    names = ", ".join(columns)
+    return lambda count: f"INSERT INTO requests ({names}) VALUES {_values(count, len(columns))} ON CONFLICT (id) DO NOTHING"
+
+
+def insert_bodies(table: str, columns: tuple[str, ...]) -> Callable[[int], str]:
+    """`count` bodies in one statement, each given with its request's id last, as INSERT_REQUEST_BODY takes them."""
+    width = len(columns) + 1
+    given = ", ".join(f"given.column{i}" for i in range(1, width))
+    return lambda count: (
+        f"INSERT INTO {table} (seq, {', '.join(columns)}) SELECT requests.seq, {given} "
+        f"FROM (VALUES {_values(count, width)}) AS given JOIN requests ON requests.id = given.column{width} "
+        "WHERE true ON CONFLICT (seq) DO NOTHING"  # the WHERE keeps SQLite from reading ON CONFLICT as the join's ON
+    )
+
+
+INSERT_MANY = insert_rows(BEGIN_COLUMNS)
+INSERT_WHOLE_MANY = insert_rows(RECORD_COLUMNS)
+INSERT_REQUEST_BODIES = insert_bodies("request_bodies", ("headers", "body", "zlib"))
+INSERT_RESPONSE_BODIES = insert_bodies("response_bodies", ("body", "zlib"))
+
+
+def insert_many(conn: sqlite3.Connection, statement: Callable[[int], str], rows: list[tuple]) -> None:
+    """
+    The rows in as few statements as SQLite's limit on bound values allows. The sqlite3 module
+    lets go of the GIL for every statement step, and executemany() steps once per row: each step
+    handed the GIL to the event loop and waited to get it back, a few context switches per row.
+    """
+    if not rows:
+        return
+    per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0]))
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        conn.execute(statement(len(part)), [value for row in part for value in row])
 # A field finish() was not given is passed as NULL and keeps what begin() wrote.
 UPDATE = f"""
     UPDATE requests SET {", ".join(f"{name} = coalesce(?, {name})" for name in FINISH_COLUMNS)}
@@ -710,11 +752,11 @@ class SqliteDatabase:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         with conn:
-            conn.executemany(INSERT, batch.inserts)
-            conn.executemany(INSERT_WHOLE, batch.records)
-            conn.executemany(INSERT_REQUEST_BODY, batch.request_bodies)
+            insert_many(conn, INSERT_MANY, batch.inserts)
+            insert_many(conn, INSERT_WHOLE_MANY, batch.records)
+            insert_many(conn, INSERT_REQUEST_BODIES, batch.request_bodies)
             conn.executemany(UPDATE, batch.updates)
-            conn.executemany(INSERT_RESPONSE_BODY, batch.response_bodies)
+            insert_many(conn, INSERT_RESPONSE_BODIES, batch.response_bodies)
 
     def retain(self, cutoff: float) -> None:
         delete_older_than(self._connection(), cutoff)

@@ -859,6 +859,25 @@ read_only_files = pytest.mark.skipif(
 
 
 class TestFaults:
+    def test_a_batch_past_sqlites_limit_on_values_is_written_whole(self, path):
+        """The writer puts many rows in one statement; SQLite's limit on bound values splits them."""
+        database = SqliteDatabase(str(path))
+        database.prepare(0)
+        database._connection().setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)  # fewer values than one row has
+        batch = logstore.Batch()
+        for number in range(25):
+            batch.add(("record", request(f"r{number}", started_at=time.time()), {"state": "completed", "response_body": f"answer {number}".encode()}), 1000)
+        database.write(batch)
+        database.write(batch)  # a batch retried after a failed commit adds nothing
+        database.disconnect()
+        store = opened(str(path))
+        try:
+            assert total(store) == 25
+            assert store.get("r24")["response_body"] == "answer 24"
+            assert raw(store, "SELECT (SELECT count(*) FROM request_bodies), (SELECT count(*) FROM response_bodies)") == [(25, 25)]
+        finally:
+            store.close()
+
     def test_locked_database_is_retried_without_losing_rows(self, sqlite_store, path):
         store = sqlite_store
         lock = Lock(path)
