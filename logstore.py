@@ -286,72 +286,60 @@ RECORD_DEFAULTS = {"reasoning_chars": 0, "lone_think_close": 0, "reasoned_anyway
 """The schema's defaults of the NOT NULL columns a whole row may lack (an insert of NULL would fail)."""
 
 
-def insert_row(columns: tuple[str, ...]) -> str:
-    """An insert of a requests row with these columns; a known id is left as it is (a retried batch)."""
-    return f"""
-        INSERT INTO requests ({", ".join(columns)}) VALUES ({", ".join("?" * len(columns))})
-        ON CONFLICT (id) DO NOTHING
-    """
+def _values(count: int, width: int, numbered: bool = False) -> str:
+    """The VALUES of `count` rows of `width` values, each with its number after them when `numbered`."""
+    row = ", ".join("?" * width)
+    if numbered:
+        return ", ".join(f"({row}, {number})" for number in range(count))
+    return ", ".join([f"({row})"] * count)
 
 
-INSERT = insert_row(BEGIN_COLUMNS)
-INSERT_WHOLE = insert_row(RECORD_COLUMNS)
-
-
-def _values(count: int, width: int) -> str:
-    row = f"({', '.join('?' * width)})"
-    return ", ".join([row] * count)
-
-
-def insert_rows(columns: tuple[str, ...]) -> Callable[[int], str]:
-    """insert_row for `count` rows in one statement (SQLite's writer)."""
+def insert_requests(columns: tuple[str, ...]) -> Callable[[int], str]:
+    """An insert of `count` requests rows with these columns; a known id is left as it is (a retried batch)."""
     names = ", ".join(columns)
     return lambda count: f"INSERT INTO requests ({names}) VALUES {_values(count, len(columns))} ON CONFLICT (id) DO NOTHING"
 
 
 def insert_bodies(table: str, columns: tuple[str, ...]) -> Callable[[int], str]:
-    """`count` bodies in one statement, each given with its request's id last, as INSERT_REQUEST_BODY takes them."""
+    """
+    An insert of `count` bodies, each given with its request's id last: a body takes the seq of
+    the request's row, and is not written without one. They go in in the order given (a join may
+    reorder them), so of two bodies for one request the first stays.
+    """
     width = len(columns) + 1
     given = ", ".join(f"given.column{i}" for i in range(1, width))
     return lambda count: (
         f"INSERT INTO {table} (seq, {', '.join(columns)}) SELECT requests.seq, {given} "
-        f"FROM (VALUES {_values(count, width)}) AS given JOIN requests ON requests.id = given.column{width} "
-        "WHERE true ON CONFLICT (seq) DO NOTHING"  # the WHERE keeps SQLite from reading ON CONFLICT as the join's ON
+        f"FROM (VALUES {_values(count, width, numbered=True)}) AS given JOIN requests ON requests.id = given.column{width} "
+        # the WHERE keeps SQLite from reading ON CONFLICT as the join's ON
+        f"WHERE true ORDER BY given.column{width + 1} ON CONFLICT (seq) DO NOTHING"
     )
 
 
-INSERT_MANY = insert_rows(BEGIN_COLUMNS)
-INSERT_WHOLE_MANY = insert_rows(RECORD_COLUMNS)
+INSERT_BEGUN = insert_requests(BEGIN_COLUMNS)
+INSERT_WHOLE = insert_requests(RECORD_COLUMNS)
 INSERT_REQUEST_BODIES = insert_bodies("request_bodies", ("headers", "body", "zlib"))
 INSERT_RESPONSE_BODIES = insert_bodies("response_bodies", ("body", "zlib"))
-
-
-def insert_many(conn: sqlite3.Connection, statement: Callable[[int], str], rows: list[tuple]) -> None:
-    """
-    The rows in as few statements as SQLite's limit on bound values allows. The sqlite3 module
-    lets go of the GIL for every statement step, and executemany() steps once per row: each step
-    handed the GIL to the event loop and waited to get it back, a few context switches per row.
-    """
-    if not rows:
-        return
-    per = max(1, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(rows[0]))
-    for start in range(0, len(rows), per):
-        part = rows[start : start + per]
-        conn.execute(statement(len(part)), [value for row in part for value in row])
 # A field finish() was not given is passed as NULL and keeps what begin() wrote.
 UPDATE = f"""
     UPDATE requests SET {", ".join(f"{name} = coalesce(?, {name})" for name in FINISH_COLUMNS)}
     WHERE id = ?
 """
-# A body takes the seq of the request's row, and is not written without one.
-INSERT_REQUEST_BODY = """
-    INSERT INTO request_bodies (seq, headers, body, zlib) SELECT seq, ?, ?, ? FROM requests WHERE id = ?
-    ON CONFLICT (seq) DO NOTHING
-"""
-INSERT_RESPONSE_BODY = """
-    INSERT INTO response_bodies (seq, body, zlib) SELECT seq, ?, ? FROM requests WHERE id = ?
-    ON CONFLICT (seq) DO NOTHING
-"""
+
+
+def multi_row(statement: Callable[[int], str], rows: list[tuple], max_values: int) -> Iterator[tuple[str, list]]:
+    """
+    The rows as few statements, with their values, as a limit on bound values allows. A driver's
+    executemany() runs the statement once per row, and the sqlite3 module lets go of the GIL for
+    every run: each row handed the GIL to the event loop and waited to get it back.
+    """
+    if not rows:
+        return
+    per = max(1, max_values // len(rows[0]))
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        yield statement(len(part)), [value for row in part for value in row]
+
 
 _RECORD = "record"
 _BEGIN = "begin"
@@ -566,12 +554,21 @@ class Batch:
     store_body: Callable[[bytes | None], tuple[Any, bool]] = pack
     """A cut body as the database stores it, and whether that is zlib-compressed."""
     size: int = 0
-    inserts: list[tuple] = field(default_factory=list)
+    begun: list[tuple] = field(default_factory=list)
     records: list[tuple] = field(default_factory=list)
     request_bodies: list[tuple] = field(default_factory=list)
     updates: list[tuple] = field(default_factory=list)
     response_bodies: list[tuple] = field(default_factory=list)
     cleanup: bool = False
+
+    def inserts(self) -> list[tuple[Callable[[int], str], list[tuple]]]:
+        """The batch's inserts with their statements, the rows before the bodies that take their seq."""
+        return [
+            (INSERT_BEGUN, self.begun),
+            (INSERT_WHOLE, self.records),
+            (INSERT_REQUEST_BODIES, self.request_bodies),
+            (INSERT_RESPONSE_BODIES, self.response_bodies),
+        ]
 
     def add(self, item: tuple, max_body_bytes: int) -> None:
         kind = item[0]
@@ -599,7 +596,7 @@ class Batch:
 
     def _begin(self, row: dict, max_body_bytes: int) -> None:
         _check_fields("begin", row, BEGIN_FIELDS)
-        self.inserts.append(self._insert(row))
+        self.begun.append(self._insert(row))
         self._request_body(row, max_body_bytes)
 
     def _request_body(self, row: dict, max_body_bytes: int) -> None:
@@ -751,12 +748,12 @@ class SqliteDatabase:
     def write(self, batch: Batch) -> None:
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
+        max_values = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
         with conn:
-            insert_many(conn, INSERT_MANY, batch.inserts)
-            insert_many(conn, INSERT_WHOLE_MANY, batch.records)
-            insert_many(conn, INSERT_REQUEST_BODIES, batch.request_bodies)
+            for statement, rows in batch.inserts():
+                for sql, values in multi_row(statement, rows, max_values):
+                    conn.execute(sql, values)
             conn.executemany(UPDATE, batch.updates)
-            insert_many(conn, INSERT_RESPONSE_BODIES, batch.response_bodies)
 
     def retain(self, cutoff: float) -> None:
         delete_older_than(self._connection(), cutoff)

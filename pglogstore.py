@@ -32,16 +32,13 @@ from psycopg.conninfo import conninfo_to_dict
 
 from logstore import ABORTED_ERROR
 from logstore import GATHER_SECONDS
-from logstore import INSERT
-from logstore import INSERT_REQUEST_BODY
-from logstore import INSERT_RESPONSE_BODY
-from logstore import INSERT_WHOLE
 from logstore import RETENTION_BATCH
 from logstore import UPDATE
 from logstore import Batch
 from logstore import ReadTimeout
 from logstore import iso_utc
 from logstore import migrations_due
+from logstore import multi_row
 from rerouter.dburl import mask_in
 from rerouter.dburl import masked
 
@@ -57,6 +54,8 @@ LOCK_SPACE = 0x72657274  # "rert": the first key of the advisory locks, so they 
 MIGRATION_LOCK = (LOCK_SPACE, 1)
 RETENTION_LOCK = (LOCK_SPACE, 2)
 IDLE_READERS = 4
+MAX_VALUES = 65535
+"""The most values PostgreSQL binds to one statement: a batch's rows go in statements this big at most."""
 """Read connections kept open: a new session costs some 10 ms of password hashing."""
 CONNECTION_DEFAULTS = {
     "connect_timeout": "5",
@@ -291,15 +290,11 @@ class PostgresDatabase:
     def write(self, batch: Batch) -> None:
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cursor:
-            for statement, rows in (
-                (INSERT, batch.inserts),
-                (INSERT_WHOLE, batch.records),
-                (INSERT_REQUEST_BODY, batch.request_bodies),
-                (UPDATE, batch.updates),
-                (INSERT_RESPONSE_BODY, batch.response_bodies),
-            ):
-                if rows:
-                    cursor.executemany(placeholders(statement), storable_rows(rows))
+            for statement, rows in batch.inserts():
+                for sql, values in multi_row(statement, storable_rows(rows), MAX_VALUES):
+                    cursor.execute(placeholders(sql), values)
+            if batch.updates:
+                cursor.executemany(placeholders(UPDATE), storable_rows(batch.updates))
 
     def tick(self) -> None:
         conn = self._connection()
