@@ -79,7 +79,7 @@ class StreamMeter:
     client's behalf, is taken out of the stream, so the client gets the stream it asked for.
     """
 
-    def __init__(self, started: float, drop_usage: bool = False, counts_key: bytes | None = None) -> None:
+    def __init__(self, started: float, drop_usage: bool = False, counts_key: bytes = OPENAI_COUNTS) -> None:
         self.started = started
         self.drop_usage = drop_usage
         self.counts_key = counts_key
@@ -96,7 +96,7 @@ class StreamMeter:
         """Called with the complete events of each read, before they are edited; returns the events to pass on."""
         block = events[0] if len(events) == 1 else b"".join(events)
         self._arrived(block)
-        if self._may_hold_counts(block):
+        if block.find(self.counts_key) >= 0:
             events = [event for event in events if not self._count(event)]
             self._rate()
         return events
@@ -106,7 +106,7 @@ class StreamMeter:
         Notes a read's complete events as one block that passes unsplit, and returns True; returns
         False, noting nothing, when an event may have to be taken out: then `received` gets the events.
         """
-        counts = self._may_hold_counts(block)
+        counts = block.find(self.counts_key) >= 0
         if counts and self.drop_usage:
             return False
         self._arrived(block)
@@ -114,9 +114,6 @@ class StreamMeter:
             self._count(block)
             self._rate()
         return True
-
-    def _may_hold_counts(self, block: bytes) -> bool:
-        return may_hold_counts(block) if self.counts_key is None else block.find(self.counts_key) >= 0
 
     def _arrived(self, block: bytes) -> None:
         now = time.time()
