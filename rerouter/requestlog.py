@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,7 +58,10 @@ class BodySample:
         self.cap = cap
         self.size = 0
         self.head = bytearray()
-        self._end = bytearray()  # past the cap: between one and two LAST_EVENT_WINDOWs of the body's end
+        # past the cap: the last chunks as they came, no more of them than LAST_EVENT_WINDOW needs;
+        # kept, not copied, because a read past the cap is most of a long stream's reads
+        self._end: deque[bytes] = deque()
+        self._end_size = 0
 
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
@@ -68,15 +72,18 @@ class BodySample:
         if room > 0:
             self.head += chunk[:room]
             chunk = chunk[room:]
+        if len(chunk) > LAST_EVENT_WINDOW:
+            chunk = chunk[-LAST_EVENT_WINDOW:]
         end = self._end
-        end += chunk[-LAST_EVENT_WINDOW:]
-        if len(end) > 2 * LAST_EVENT_WINDOW:
-            del end[:-LAST_EVENT_WINDOW]
+        end.append(chunk)
+        self._end_size += len(chunk)
+        while self._end_size - len(end[0]) >= LAST_EVENT_WINDOW:
+            self._end_size -= len(end.popleft())
 
     @property
     def tail(self) -> bytes:
         """The body's last LAST_EVENT_WINDOW bytes: did the receiver get the last event?"""
-        return bytes((self.head[-LAST_EVENT_WINDOW:] + self._end)[-LAST_EVENT_WINDOW:])
+        return bytes((self.head[-LAST_EVENT_WINDOW:] + b"".join(self._end))[-LAST_EVENT_WINDOW:])
 
 
 @dataclass
