@@ -41,6 +41,8 @@ from tests.upstream import file_bytes
 from tests.upstream import mock_headers
 
 TARGETS = ("direct", "mitmdump", "rerouter", "rerouter-nolog", "rerouter-pg")
+OPT_IN_TARGETS = ("mitmdump-buffered",)
+"""Run only when --targets names them."""
 ROUTER = "rerouter"  # the default configuration, which the goals are about
 BASELINE = "mitmdump"
 USER = [{"role": "user", "content": "Say something."}]
@@ -359,7 +361,7 @@ def run_all(bench: Bench, workloads: list[Workload], reps: int, log: Callable[[s
 
 def progress_line(rep: int, f: dict[str, Any]) -> str:
     errors = f" ERRORS {f['requests'] - f['ok']}: {f['errors']}" if f["ok"] < f["requests"] else ""
-    return f"  rep {rep + 1} {f['workload']:<17} {f['target']:<15} {f['wall_s']:6.2f} s{errors}"
+    return f"  rep {rep + 1} {f['workload']:<17} {f['target']:<17} {f['wall_s']:6.2f} s{errors}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -413,7 +415,7 @@ def delta_ms(value: float | None, base: float | None) -> str:
 
 
 COLUMNS = [
-    ("workload", 17, "<"), ("target", 14, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
+    ("workload", 17, "<"), ("target", 17, "<"), ("req/s", 8, ">"), ("tok/s", 8, ">"),
     ("lat p50", 8, ">"), ("lat p99", 8, ">"), ("TTFT p50", 8, ">"), ("TTFT p99", 8, ">"),
     ("CPU s/1k", 8, ">"), ("RSS MB", 7, ">"), ("spread", 6, ">"),
     ("CPU/req", 8, ">"), ("thruput", 8, ">"), ("vs direct", 11, ">"),
@@ -466,7 +468,7 @@ def memory_table(workloads: list[Workload], names: list[str], summary: dict) -> 
             during = f"  10% {at['10']:5.0f}  50% {at['50']:5.0f}  90% {at['90']:5.0f}" if at else " " * 33
             flat = f"  growth 10->90% {at['growth']:+5.1f}  {'flat' if at['growth'] <= FLAT_MB else 'GROWS'}" if at else ""
             lines.append(
-                f"  {workload.name:<18} {name:<15} start {s['rss_start_mb']:5.0f}{during}  peak {s['rss_peak_mb']:5.0f}"
+                f"  {workload.name:<18} {name:<17} start {s['rss_start_mb']:5.0f}{during}  peak {s['rss_peak_mb']:5.0f}"
                 f"  peak-start {s['rss_peak_mb'] - s['rss_start_mb']:+5.1f}{flat}  ({s['wall_s']:.1f} s)"
             )
     return lines
@@ -605,7 +607,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="about a minute: smaller counts, 2 repetitions")
     parser.add_argument("--reps", type=int, help="repetitions (default 4, 2 with --quick)")
-    parser.add_argument("--targets", help=f"comma-separated subset of {','.join(TARGETS)}")
+    parser.add_argument(
+        "--targets", help=f"comma-separated subset of {','.join(TARGETS)}, or also {','.join(OPT_IN_TARGETS)}"
+    )
     parser.add_argument("--workloads", help="comma-separated subset (chat selects chat-c1 and chat-c32)")
     parser.add_argument(
         "--pin",
@@ -673,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     all_workloads = build_workloads(args.quick)
     chosen = select(args.workloads, [w.name for w in all_workloads], "workload", families=True)
     workloads = [w for w in all_workloads if w.name in chosen]
-    names = select(args.targets, list(TARGETS), "target")
+    names = select(args.targets, [*TARGETS, *OPT_IN_TARGETS], "target") if args.targets else list(TARGETS)
     info = machine()
     mode = "quick" if args.quick else "full"
     print(f"{info['date']}  {info['cpus']} CPUs  Python {info['python']}  mitmproxy {info['mitmproxy']}  "

@@ -160,14 +160,19 @@ def start_mock(cpus: set[int] | None = None) -> Process:
     return mock
 
 
-def mitmdump_argv(upstream: str, confdir: Path) -> list[str]:
-    """Bare mitmdump with streaming forced: the baseline a proxy that adds nothing would cost."""
+def mitmdump_argv(upstream: str, confdir: Path, buffered: bool = False) -> list[str]:
+    """
+    Bare mitmdump with streaming forced: the baseline a proxy that adds nothing would cost.
+    `buffered`: holding the bodies the rerouter holds instead (bench/stream_unedited.py), to
+    show what that buffering alone costs.
+    """
     mitmdump = BIN / "mitmdump"
     if not mitmdump.exists():
         raise RuntimeError(f"mitmdump not found next to {sys.executable}")
+    streaming = ["-s", str(ROOT / "bench" / "stream_unedited.py")] if buffered else ["--set", "stream_large_bodies=1"]
     return [
         str(mitmdump), "--mode", f"reverse:{upstream}", "--listen-host", "127.0.0.1", "--listen-port", "0",
-        "--set", "stream_large_bodies=1", "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}",
+        *streaming, "--set", "connection_strategy=lazy", "--set", f"confdir={confdir}",
         *QUIET,
     ]  # fmt: skip
 
@@ -201,8 +206,10 @@ def start_target(
 ) -> Target:
     """Starts one proxy target (fresh, with its own confdir and database) and waits for its port."""
     confdir = workdir / f"{name}-confdir"
-    if name == "mitmdump":
-        process = Process(name, mitmdump_argv(upstream, confdir), cpus=cpus)
+    if name in ("mitmdump", "mitmdump-buffered"):
+        buffered = name == "mitmdump-buffered"
+        env = {"PYTHONPATH": str(ROOT)} if buffered else None
+        process = Process(name, mitmdump_argv(upstream, confdir, buffered), env, cpus)
     elif name in ("rerouter", "rerouter-nolog", "rerouter-pg"):
         env = rerouter_env(upstream, workdir / f"{name}.db", name != "rerouter-nolog", database_url)
         argv = [sys.executable, str(ROOT / "rerouter_addon.py"), "--set", f"confdir={confdir}", *QUIET]
