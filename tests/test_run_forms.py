@@ -6,6 +6,7 @@ from tests.helpers import ollama_client
 from tests.helpers import ollama_stream
 from tests.helpers import openai_client
 from tests.helpers import openai_stream
+from tests.helpers import wait_for
 from tests.upstream import ANSWER
 
 FORMS = ["python", "mitmdump", "mitmweb"]
@@ -65,6 +66,11 @@ def test_model_lists_show_aliases(proxy):
 
 def test_mitmweb_shows_what_changed(module_rerouter):
     proxy = module_rerouter("mitmweb")
-    openai_client(proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
-    comments = [f.get("comment", "") for f in proxy.web_flows()]
-    assert "model: gpt-4 -> llama3-70b; token usage requested; thinking stripped" in comments
+    stream = openai_client(proxy).chat.completions.create(model="gpt-4", messages=[{"role": "user", "content": "hi"}], stream=True)
+    assert "<think>" not in "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    # the comment is complete once the flow ends, just after the client has read the last event
+    expected = "model: gpt-4 -> llama3-70b; token usage requested; thinking stripped"
+    wait_for(
+        lambda: expected in [f.get("comment", "") for f in proxy.web_flows()],
+        message=lambda: f"no flow commented {expected!r}: {[f.get('comment') for f in proxy.web_flows()]}",
+    )
