@@ -54,9 +54,9 @@ LOCK_SPACE = 0x72657274  # "rert": the first key of the advisory locks, so they 
 MIGRATION_LOCK = (LOCK_SPACE, 1)
 RETENTION_LOCK = (LOCK_SPACE, 2)
 IDLE_READERS = 4
+"""Read connections kept open: a new session costs some 10 ms of password hashing."""
 MAX_VALUES = 65535
 """The most values PostgreSQL binds to one statement: a batch's rows go in statements this big at most."""
-"""Read connections kept open: a new session costs some 10 ms of password hashing."""
 CONNECTION_DEFAULTS = {
     "connect_timeout": "5",
     "application_name": "openai-model-rerouter",
