@@ -14,6 +14,8 @@ import threading
 import time
 import uuid
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from logstore import LogStore
 from pglogstore import DEAD_ERROR
 from tests.helpers import get
@@ -36,6 +38,14 @@ def logs(proxy, query: str = "") -> dict:
     status, body = get(proxy, f"/api/logs?limit=500&{query}")
     assert status == 200, body
     return body
+
+
+def log_failures(proxy) -> float:
+    """The proxy's count of log entries whose write failed, from /metrics, which needs no database."""
+    status, text = get(proxy, "/metrics")
+    assert status == 200
+    (family,) = [f for f in text_string_to_metric_families(text.decode()) if f.name == "rerouter_log_failures"]
+    return family.samples[0].value
 
 
 def chat(proxy, content: str, stream: bool = False) -> None:
@@ -177,6 +187,8 @@ def test_database_down_at_startup_and_restarted_under_load(rerouter, pg_server, 
             assert status == 200
         status, body = get(proxy, "/api/stats")
         assert status == 503 and "cannot be read" in body["error"]
+        # the writer has tried, and failed, before the server comes back
+        wait_for(lambda: log_failures(proxy) > 0, 10)
 
     wait_for(lambda: get(proxy, "/api/stats")[0] == 200, 15)
     wait_for(lambda: logs(proxy, f"q={marker}&limit=1")["total"] == 5, 15)
