@@ -49,6 +49,8 @@ crash leaves it there to be marked aborted.
 INFLIGHT_CHECK_INTERVAL = 0.25
 """How often requests are looked at for INFLIGHT_ROW_AFTER: a long one's row is written this much later at most."""
 STORE_OPTIONS = {"enable_logging", "db_path", "max_log_age_days", "log_max_body_bytes", "database_url", "instance_name"}
+HEAD_CHUNKS = 1024
+"""Chunks a BodySample keeps of its head before it joins them: bounds the references a stream of tiny reads holds."""
 
 
 class BodySample:
@@ -57,21 +59,25 @@ class BodySample:
     def __init__(self, cap: int) -> None:
         self.cap = cap
         self.size = 0
-        self.head = bytearray()
-        # past the cap: the last chunks as they came, no more of them than LAST_EVENT_WINDOW needs;
-        # kept, not copied, because a read past the cap is most of a long stream's reads
+        # The chunks as they came, kept, not copied: most of a stream's reads are under the cap, and a
+        # copy each was most of the sample's cost. Many small chunks are joined now and then.
+        self._head: list[bytes] = []
+        # past the cap: the last chunks, no more of them than LAST_EVENT_WINDOW needs
         self._end: deque[bytes] = deque()
         self._end_size = 0
 
     def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        room = self.cap - len(self.head)
-        if room >= len(chunk):  # most bodies fit under the cap: their end is the head's
-            self.head += chunk
+        before = self.size
+        self.size = before + len(chunk)
+        if self.size <= self.cap:
+            head = self._head
+            head.append(chunk)
+            if len(head) >= HEAD_CHUNKS:
+                self._head = [b"".join(head)]
             return
-        if room > 0:
-            self.head += chunk[:room]
-            chunk = chunk[room:]
+        if before < self.cap:
+            self._head.append(chunk[: self.cap - before])
+            chunk = chunk[self.cap - before :]
         if len(chunk) > LAST_EVENT_WINDOW:
             chunk = chunk[-LAST_EVENT_WINDOW:]
         end = self._end
@@ -81,9 +87,14 @@ class BodySample:
             self._end_size -= len(end.popleft())
 
     @property
+    def head(self) -> bytes:
+        """The body's first `cap` bytes."""
+        return b"".join(self._head)
+
+    @property
     def tail(self) -> bytes:
         """The body's last LAST_EVENT_WINDOW bytes: did the receiver get the last event?"""
-        return bytes((self.head[-LAST_EVENT_WINDOW:] + b"".join(self._end))[-LAST_EVENT_WINDOW:])
+        return (self.head[-LAST_EVENT_WINDOW:] + b"".join(self._end))[-LAST_EVENT_WINDOW:]
 
 
 @dataclass
@@ -122,18 +133,23 @@ class DeliveredStream:
     """
 
     def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, sample: BodySample) -> None:
-        self.inner = inner
+        self.inner = inner if callable(inner) else passing
         self.sample = sample
+        self._add = sample.add
 
     def __call__(self, data: bytes) -> list[bytes]:
-        if callable(self.inner):
-            out = self.inner(data)
-            chunks = out if isinstance(out, list) else [out] if isinstance(out, bytes) else list(out)
-        else:
-            chunks = [data] if data else []
+        chunks = self.inner(data)
+        if type(chunks) is not list:
+            chunks = [chunks] if isinstance(chunks, bytes) else list(chunks)
+        add = self._add
         for chunk in chunks:
-            self.sample.add(chunk)
+            add(chunk)
         return chunks
+
+
+def passing(data: bytes) -> list[bytes]:
+    """What `stream = True` sends: every read as it came; the empty end is not a chunk."""
+    return [data] if data else []
 
 
 class RequestLog:
@@ -312,7 +328,7 @@ class RequestLog:
         return body_sample(message, self._queued_cap), len(message.raw_content or b"")
 
     def _decoded(self, passed: BodySample, encoding: str | None) -> bytes:
-        return sample(bytes(passed.head), encoding, self._queued_cap)
+        return sample(passed.head, encoding, self._queued_cap)
 
     @property
     def _queued_cap(self) -> int:

@@ -56,6 +56,14 @@ class TestBodySample:
         assert sample.head == body[:cap]
         assert sample.tail == body[-LAST_EVENT_WINDOW:]
 
+    def test_a_stream_of_tiny_reads(self):
+        body = bytes(range(256)) * 40
+        sample = BodySample(cap=9000)
+        for i in range(len(body)):
+            sample.add(body[i : i + 1])
+        assert sample.size == len(body)
+        assert sample.head == body[:9000] and sample.tail == body[-LAST_EVENT_WINDOW:]
+
 
 def counted(calls: list[str], name: str, method):
     """`method`, which adds its name to `calls` whenever it is called."""
