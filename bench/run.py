@@ -537,6 +537,7 @@ GOALS = [
     Goal("streamed tokens/s (stream200) vs mitmdump >= 0.90x", _ratio_to_mitmdump("stream200", "tok_s"),
          lambda v: v >= 0.90),
     Goal("streamed tokens/s (think) vs mitmdump >= 0.90x", _ratio_to_mitmdump("think", "tok_s"), lambda v: v >= 0.90),
+    Goal("streamed tokens/s (ollama) vs mitmdump >= 0.90x", _ratio_to_mitmdump("ollama", "tok_s"), lambda v: v >= 0.90),
     Goal("TTFT p50 (ttft) <= direct + 5 ms", _ttft_vs_direct, lambda v: v <= 5.0),
     Goal("peak RSS with 100 live streams (slow100) <= 120 MB", _slow_rss, lambda v: v <= 120),
     Goal(f"RSS flat during the 50 MB stream (big50: 10/50/90 %, growth <= {FLAT_MB:.0f} MB)", _big_growth,
