@@ -27,6 +27,8 @@ _EVENT_END = re.compile(rb"\n\r?\n")
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+\Z")
 _LINE_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 _IDENTITY = "identity"
+_PLAIN_STRING = re.compile(rb'"[^"\\\x00-\x1f]*"')
+"""A JSON string literal without escapes, which JSON parses to its bytes decoded."""
 MAX_HELD = 1024 * 1024
 """Bytes a framer holds of one unfinished event or line; past it the stream passes on unedited."""
 MAX_READ_PLAIN = 8 * 1024 * 1024
@@ -180,6 +182,43 @@ def _dumps(obj: dict) -> bytes:
         return json.dumps(json.loads(text), separators=(",", ":")).encode()
 
 
+class DroppedShape:
+    """
+    An event the editor dropped whole as reasoning, as the bytes around its one text. Inside a
+    think block the next events mostly differ from it in that text alone, and are dropped too
+    without being parsed (ChunkEditor.drop_like_last).
+    """
+
+    def __init__(self, prefix: bytes, suffix: bytes) -> None:
+        self.prefix = prefix
+        self.suffix = suffix
+
+    @classmethod
+    def of(cls, event: bytes, text: str) -> "DroppedShape | None":
+        """None when an escape could hide the text, or it occurs twice: its place must be certain."""
+        if event.find(b"\\") >= 0:
+            return None
+        literal = b'"' + text.encode() + b'"'
+        at = event.find(literal)
+        if at < 0 or event.find(literal, at + 1) >= 0:
+            return None
+        return cls(event[:at], event[at + len(literal) :])
+
+    def frames(self, event: bytes) -> bool:
+        """Whether the event has the dropped one's bytes around its text."""
+        return len(event) >= len(self.prefix) + len(self.suffix) and event.startswith(self.prefix) and event.endswith(self.suffix)
+
+    def text(self, event: bytes) -> str | None:
+        """The text of an event that `frames` fits, when JSON gives it as it is: no escapes."""
+        start, end = len(self.prefix), len(event) - len(self.suffix)
+        if _PLAIN_STRING.fullmatch(event, start, end) is None:
+            return None
+        try:
+            return event[start + 1 : end - 1].decode()
+        except UnicodeDecodeError:
+            return None
+
+
 class EventStream:
     """
     The callable for `flow.response.stream`, called once per network read and
@@ -204,6 +243,8 @@ class EventStream:
         self._decompressor = None if encoding == _IDENTITY else Decompressor(encoding)
         self._editing = True
         self._cut = False
+        self._dropped: DroppedShape | None = None
+        self._shaping = True  # false once events are seen to differ in more than their text
         self.note: str | None = None  # what could not be done, for the flow's row
 
     @staticmethod
@@ -334,6 +375,14 @@ class EventStream:
         """One complete event through the editor: unchanged bytes unless the editor changed its object."""
         if self.editor.idle and not may_hold_reasoning(event):
             return [event]
+        unframed = False
+        if self._dropped is not None:
+            if self._dropped.frames(event):
+                text = self._dropped.text(event)
+                if text is not None and self.editor.drop_like_last(text):
+                    return []
+            else:
+                unframed = True
         payload = self._payload(event)
         if payload is None:
             return [event]
@@ -343,6 +392,11 @@ class EventStream:
         if obj is None:
             return [event]
         result = self.editor.edit(obj)
+        # dropped, yet not framed by the shape: the events differ in more than their text (Ollama
+        # stamps every line with its time), so this stream makes no more shapes
+        self._shaping = self._shaping and not (unframed and result is DROP)
+        dropped = self.editor.dropped
+        self._dropped = DroppedShape.of(event, dropped[1]) if dropped is not None and self._shaping else None
         if result is KEEP:
             return [event]
         if result is DROP:

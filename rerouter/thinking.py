@@ -128,6 +128,11 @@ class ThinkFilter:
         """True when the next text cannot be affected by what came before."""
         return not (self._inside or self._held or self._skip_space)
 
+    @property
+    def in_block(self) -> bool:
+        """True inside a block with nothing held or withheld: then a text without `<` is all reasoning."""
+        return self._inside and not (self._withholding or self._held)
+
     def feed(self, text: str) -> list[Piece]:
         if self.idle and "<" not in text:
             return [(ANSWER, text)] if text else []
@@ -475,15 +480,32 @@ class ChunkEditor:
         self.findings = Findings()
         self.idle = False
         """True when an event whose bytes cannot hold reasoning may pass unparsed; an attribute, as it is read per network read."""
+        self.dropped: tuple[ThinkFilter, str] | None = None
+        """The filter and text of the event just edited, when it was dropped whole, its one text all reasoning."""
+        self._texts = 0
+        self._all_reasoning: tuple[ThinkFilter, str] | None = None
 
     @property
     def stripped(self) -> bool:
         return self.findings.edited
 
     def edit(self, event: dict) -> Result:
+        self._texts, self._all_reasoning = 0, None
         result = self._edit(event)
         self.idle = self.echo is None and self.findings.model is not None and self._filters_idle()
+        self.dropped = self._all_reasoning if result is DROP and self._texts == 1 else None
         return result
+
+    def drop_like_last(self, text: str) -> bool:
+        """
+        Whether the event just dropped, with `text` for its text, is dropped too: true when the
+        text is all reasoning (its filter inside a block, no `<` in it), which is then noted as
+        `edit` notes it. Lets a stream drop such events without parsing them.
+        """
+        if self.dropped is None or not text or "<" in text or not self.dropped[0].in_block:
+            return False
+        self.dropped[0].feed(text)
+        return True
 
     def _edit(self, event: dict) -> Result:
         raise NotImplementedError
@@ -499,6 +521,7 @@ class ChunkEditor:
         Runs holder's text through think: returns whether holder changed, whether it still
         carries text, and the pieces that must go out in events before it.
         """
+        self._texts += 1
         changed = _handle_separated(holder, slot, self.reasoning, self.findings)
         text = holder.get(slot.text)
         if text is None:
@@ -506,6 +529,8 @@ class ChunkEditor:
         elif not isinstance(text, str):
             return changed, True, []
         pieces = think.feed(text)
+        if not changed and pieces == [(REASONING, text)]:
+            self._all_reasoning = (think, text)
         if final:
             for kind, piece in think.flush():
                 _add(pieces, kind, piece)

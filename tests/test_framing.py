@@ -26,8 +26,10 @@ from rerouter.thinking import split_think
 from rerouter.thinking import strip_think
 from tests.helpers import chat_chunk
 from tests.helpers import chunked
+from tests.helpers import data_objects
 from tests.helpers import run
 from tests.helpers import sse
+from tests.helpers import sse_text
 
 FRAGMENTS = ["<think>", "</think>", "<THINK>", "</Think>", "<thi", "</th", "<", ">", " ", "\n\n", "Hello", "é", "x y", "&", "😀"]
 
@@ -386,18 +388,82 @@ def one_shot(text: str, reasoning: Reasoning, open_start: bool) -> list[tuple[st
 
 
 def test_fast_path_skips_parsing():
-    class Counting(OpenAIChunkEditor):
-        edits = 0
-
-        def edit(self, event):
-            self.edits += 1
-            return super().edit(event)
-
     editor = Counting()
     stream = sse(chat_chunk("plain")) + sse(chat_chunk("more")) + sse(chat_chunk("a < b")) + b"data: " + go_json(chat_chunk("a > b")) + b"\n\n"
     run(EventStream.sse(editor), [stream])
     assert editor.edits == 2  # the first, which names the model, and the one that may hold a tag
     assert editor.edit(chat_chunk("x")) is KEEP
+
+
+class Counting(OpenAIChunkEditor):
+    """An editor that counts the events it was given to edit, so parsed."""
+
+    edits = 0
+
+    def edit(self, event):
+        self.edits += 1
+        return super().edit(event)
+
+
+def raw_sse(obj: dict) -> bytes:
+    """An SSE event with its JSON as most servers write it: non-ASCII text as it is."""
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
+
+
+class TestEventsInsideABlock:
+    """An event that is the one just dropped as reasoning but for its text is dropped unparsed."""
+
+    def test_dropped_without_parsing(self):
+        editor = Counting()
+        thoughts = ["Let", " me", " think", " é😀", " about", " it"]
+        body = b"".join(raw_sse(chat_chunk(text)) for text in ["<think>", *thoughts, "</think>", "Hi"]) + sse("[DONE]")
+        output = run(EventStream.sse(editor), [body])
+        assert sse_text(b"".join(output)) == "Hi"
+        assert editor.findings.reasoning_chars == len("".join(thoughts))
+        assert editor.edits == 4  # <think>, the first thought, </think>, Hi
+
+    def test_another_shape_is_parsed(self):
+        editor = Counting()
+        events = [chat_chunk("<think>"), chat_chunk("a"), chat_chunk("b", role="assistant"), chat_chunk("c\n"), chat_chunk("d")]
+        output = run(EventStream.sse(editor), [b"".join(map(raw_sse, events))])
+        assert [obj["choices"][0]["delta"] for obj in data_objects(b"".join(output))] == [{"role": "assistant", "content": ""}]
+        assert editor.edits == 5  # a role that must go on, an escape (\n), and what follows each
+        assert editor.findings.reasoning_chars == len("abc\nd")
+
+    @settings(max_examples=200, deadline=None)
+    @given(answers, byte_chunks, st.sampled_from([Reasoning.DROP, Reasoning.SEPARATE]), st.booleans(), st.data())
+    def test_openai_as_if_every_event_were_parsed(self, text, sizes, reasoning, open_start, data):
+        """Events of one shape against the same events made all different (each its own id), which are all parsed."""
+        tokens = tokens_of(data, text)
+        events = [chat_chunk("", role="assistant"), *map(chat_chunk, tokens), chat_chunk(finish_reason="stop")]
+        results = []
+        for shapes in ("one", "each its own"):
+            numbered = events if shapes == "one" else [{**event, "id": f"chatcmpl-{i}"} for i, event in enumerate(events)]
+            editor = OpenAIChunkEditor(reasoning, open_start)
+            output = run(EventStream.sse(editor), chunked(b"".join(map(raw_sse, numbered)) + sse("[DONE]"), sizes))
+            results.append((delivered(o["choices"][0]["delta"] for o in data_objects(b"".join(output)) if o != "[DONE]"), editor.findings))
+        assert results[0] == results[1]
+        assert results[0][0] == one_shot(text, reasoning, open_start)
+
+    @settings(max_examples=100, deadline=None)
+    @given(answers, byte_chunks, st.sampled_from([Reasoning.DROP, Reasoning.SEPARATE]), st.booleans(), st.data())
+    def test_ollama_as_if_every_line_were_parsed(self, text, sizes, reasoning, open_start, data):
+        """Lines of one shape against lines stamped each with its own time, as Ollama sends them."""
+        tokens = [*tokens_of(data, text), ""]
+        results = []
+        for stamped in (False, True):
+            lines = [
+                {"model": "qwen3", **({"created_at": f"2026-11-30T07:00:{i:02}Z"} if stamped else {}),
+                 "message": {"role": "assistant", "content": token}, "done": i == len(tokens) - 1}
+                for i, token in enumerate(tokens)
+            ]  # fmt: skip
+            editor = OllamaChunkEditor(reasoning, open_start)
+            body = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
+            output = run(EventStream.ndjson(editor), chunked(body, sizes))
+            holders = [obj["message"] for obj in parse_ndjson(b"".join(output))]
+            results.append((delivered(holders, "content", "thinking"), editor.findings))
+        assert results[0] == results[1]
+        assert results[0][0] == one_shot(text, reasoning, open_start)
 
 
 class TestFuzzFindings:
