@@ -184,17 +184,19 @@ def _dumps(obj: dict) -> bytes:
 
 class DroppedShape:
     """
-    An event the editor dropped whole as reasoning, as the bytes around its one text. Inside a
-    think block the next events mostly differ from it in that text alone, and are dropped too
-    without being parsed (ChunkEditor.drop_like_last).
+    An event the editor dropped whole as reasoning, as the bytes around its one text, and around
+    its time stamp where it has one (Ollama stamps every line). Inside a think block the next
+    events mostly differ from it in those alone, and are dropped too without being parsed
+    (ChunkEditor.drop_like_last).
     """
 
-    def __init__(self, prefix: bytes, suffix: bytes) -> None:
-        self.prefix = prefix
-        self.suffix = suffix
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+        """The bytes between the holes, each hole a JSON string without escapes; the last hole is the text."""
+        self._least = sum(map(len, parts)) + 2 * (len(parts) - 1)
 
     @classmethod
-    def of(cls, event: bytes, text: str) -> "DroppedShape | None":
+    def of(cls, event: bytes, text: str, stamp: bytes | None = None) -> "DroppedShape | None":
         """None when an escape could hide the text, or it occurs twice: its place must be certain."""
         if event.find(b"\\") >= 0:
             return None
@@ -202,19 +204,30 @@ class DroppedShape:
         at = event.find(literal)
         if at < 0 or event.find(literal, at + 1) >= 0:
             return None
-        return cls(event[:at], event[at + len(literal) :])
+        before = event[:at]
+        parts = [before, event[at + len(literal) :]]
+        key = -1 if stamp is None else before.find(stamp)
+        if key >= 0 and before.find(stamp, key + 1) < 0 and (value := _PLAIN_STRING.match(before, key + len(stamp))):
+            parts[:1] = [before[: value.start()], before[value.end() :]]
+        return cls(parts)
 
     def frames(self, event: bytes) -> bool:
-        """Whether the event has the dropped one's bytes around its text."""
-        return len(event) >= len(self.prefix) + len(self.suffix) and event.startswith(self.prefix) and event.endswith(self.suffix)
+        """Whether the event starts and ends as the dropped one did."""
+        return len(event) >= self._least and event.startswith(self.parts[0]) and event.endswith(self.parts[-1])
 
     def text(self, event: bytes) -> str | None:
-        """The text of an event that `frames` fits, when JSON gives it as it is: no escapes."""
-        start, end = len(self.prefix), len(event) - len(self.suffix)
-        if _PLAIN_STRING.fullmatch(event, start, end) is None:
+        """The text of an event that `frames` fits, when it is the dropped one's but for its holes; else None."""
+        at = len(self.parts[0])
+        for part in self.parts[1:-1]:
+            hole = _PLAIN_STRING.match(event, at)
+            if hole is None or not event.startswith(part, hole.end()):
+                return None
+            at = hole.end() + len(part)
+        end = len(event) - len(self.parts[-1])
+        if _PLAIN_STRING.fullmatch(event, at, end) is None:
             return None
         try:
-            return event[start + 1 : end - 1].decode()
+            return event[at + 1 : end - 1].decode()
         except UnicodeDecodeError:
             return None
 
@@ -228,6 +241,9 @@ class EventStream:
     so the result is always a list, and never holds one. Without an editor the
     events pass unedited and only the meter looks at them.
     """
+
+    _STAMP: bytes | None = None
+    """The key of a time stamp each event carries, which a DroppedShape lets vary."""
 
     def __init__(
         self,
@@ -392,11 +408,11 @@ class EventStream:
         if obj is None:
             return [event]
         result = self.editor.edit(obj)
-        # dropped, yet not framed by the shape: the events differ in more than their text (Ollama
-        # stamps every line with its time), so this stream makes no more shapes
+        # dropped, yet not framed by the shape: the events differ in more than their text, so this
+        # stream makes no more shapes
         self._shaping = self._shaping and not (unframed and result is DROP)
         dropped = self.editor.dropped
-        self._dropped = DroppedShape.of(event, dropped[1]) if dropped is not None and self._shaping else None
+        self._dropped = DroppedShape.of(event, dropped[1], self._STAMP) if dropped is not None and self._shaping else None
         if result is KEEP:
             return [event]
         if result is DROP:
@@ -461,6 +477,8 @@ def _data_value(line: bytes) -> bytes:
 
 class NDJSONStream(EventStream):
     """One JSON object per line, as Ollama streams them."""
+
+    _STAMP = b'"created_at":'
 
     def __init__(self, editor: ChunkEditor | None, encoding: str | None = None, meter: StreamMeter | None = None) -> None:
         super().__init__(LineFramer(), editor, encoding, meter)

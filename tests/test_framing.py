@@ -388,21 +388,24 @@ def one_shot(text: str, reasoning: Reasoning, open_start: bool) -> list[tuple[st
 
 
 def test_fast_path_skips_parsing():
-    editor = Counting()
+    editor = counting(OpenAIChunkEditor)()
     stream = sse(chat_chunk("plain")) + sse(chat_chunk("more")) + sse(chat_chunk("a < b")) + b"data: " + go_json(chat_chunk("a > b")) + b"\n\n"
     run(EventStream.sse(editor), [stream])
     assert editor.edits == 2  # the first, which names the model, and the one that may hold a tag
     assert editor.edit(chat_chunk("x")) is KEEP
 
 
-class Counting(OpenAIChunkEditor):
-    """An editor that counts the events it was given to edit, so parsed."""
+def counting(editor: type) -> type:
+    """The editor class, counting the events it is given to edit, so parsed."""
 
-    edits = 0
+    class Counting(editor):
+        edits = 0
 
-    def edit(self, event):
-        self.edits += 1
-        return super().edit(event)
+        def edit(self, event):
+            self.edits += 1
+            return super().edit(event)
+
+    return Counting
 
 
 def raw_sse(obj: dict) -> bytes:
@@ -414,7 +417,7 @@ class TestEventsInsideABlock:
     """An event that is the one just dropped as reasoning but for its text is dropped unparsed."""
 
     def test_dropped_without_parsing(self):
-        editor = Counting()
+        editor = counting(OpenAIChunkEditor)()
         thoughts = ["Let", " me", " think", " é😀", " about", " it"]
         body = b"".join(raw_sse(chat_chunk(text)) for text in ["<think>", *thoughts, "</think>", "Hi"]) + sse("[DONE]")
         output = run(EventStream.sse(editor), [body])
@@ -423,7 +426,7 @@ class TestEventsInsideABlock:
         assert editor.edits == 4  # <think>, the first thought, </think>, Hi
 
     def test_another_shape_is_parsed(self):
-        editor = Counting()
+        editor = counting(OpenAIChunkEditor)()
         events = [chat_chunk("<think>"), chat_chunk("a"), chat_chunk("b", role="assistant"), chat_chunk("c\n"), chat_chunk("d")]
         output = run(EventStream.sse(editor), [b"".join(map(raw_sse, events))])
         assert [obj["choices"][0]["delta"] for obj in data_objects(b"".join(output))] == [{"role": "assistant", "content": ""}]
@@ -448,22 +451,37 @@ class TestEventsInsideABlock:
     @settings(max_examples=100, deadline=None)
     @given(answers, byte_chunks, st.sampled_from([Reasoning.DROP, Reasoning.SEPARATE]), st.booleans(), st.data())
     def test_ollama_as_if_every_line_were_parsed(self, text, sizes, reasoning, open_start, data):
-        """Lines of one shape against lines stamped each with its own time, as Ollama sends them."""
+        """
+        Lines of one shape, and lines stamped each with its own time as Ollama sends them, against
+        lines numbered each with its own count, which the stream stops shaping and parses.
+        """
         tokens = [*tokens_of(data, text), ""]
         results = []
-        for stamped in (False, True):
-            lines = [
-                {"model": "qwen3", **({"created_at": f"2026-11-30T07:00:{i:02}Z"} if stamped else {}),
-                 "message": {"role": "assistant", "content": token}, "done": i == len(tokens) - 1}
-                for i, token in enumerate(tokens)
-            ]  # fmt: skip
+        for extra in ("none", "a time stamp", "a number"):
+            lines = []
+            for i, token in enumerate(tokens):
+                line = {"model": "qwen3", "created_at": f"2026-11-30T07:00:{i:02}Z" if extra == "a time stamp" else "2026-11-30T07:00:00Z"}
+                line |= {"message": {"role": "assistant", "content": token}, "done": i == len(tokens) - 1}
+                lines.append(line | ({"n": i} if extra == "a number" else {}))
             editor = OllamaChunkEditor(reasoning, open_start)
-            body = b"".join(json.dumps(line, ensure_ascii=False).encode() + b"\n" for line in lines)
+            body = b"".join(json.dumps(line, ensure_ascii=False, separators=(",", ":")).encode() + b"\n" for line in lines)
             output = run(EventStream.ndjson(editor), chunked(body, sizes))
             holders = [obj["message"] for obj in parse_ndjson(b"".join(output))]
             results.append((delivered(holders, "content", "thinking"), editor.findings))
-        assert results[0] == results[1]
+        assert results[0] == results[1] == results[2]
         assert results[0][0] == one_shot(text, reasoning, open_start)
+
+    def test_ollama_lines_dropped_whatever_their_time(self):
+        editor = counting(OllamaChunkEditor)()
+        tokens = ["<think>", "Let", " me", " see", "</think>", "Hi"]
+        body = b"".join(
+            json.dumps({"model": "qwen3", "created_at": f"2026-11-30T07:00:0{i}.{i * 7919}Z", "message": {"role": "assistant", "content": t}, "done": False}, separators=(",", ":")).encode() + b"\n"
+            for i, t in enumerate(tokens)
+        )
+        output = run(EventStream.ndjson(editor), [body])
+        assert [obj["message"]["content"] for obj in parse_ndjson(b"".join(output))] == ["Hi"]
+        assert editor.findings.reasoning_chars == len("Let me see")
+        assert editor.edits == 4  # <think>, Let, </think>, Hi
 
 
 class TestFuzzFindings:
