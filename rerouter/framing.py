@@ -282,17 +282,20 @@ class EventStream:
 
     def __call__(self, data: bytes) -> list[bytes]:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
-        # most reads are whole events, plain and passing: these skip the rest of the way
-        if self._decompressor is None and self._editing and self._framer.whole(data) and self._let_pass(data):
-            output = data
-        else:
-            output = b"".join(self._process(data))
-            if not output:
-                return []
-        meter = self.meter
-        if meter is not None and meter.first_token_ms is None:
-            meter.delivered(output)
+        if self._passes_whole(data):
+            if self.meter is not None:
+                self.meter.delivered(data)
+            return [data]
+        output = b"".join(self._process(data))
+        if not output:
+            return []
+        if self.meter is not None:
+            self.meter.delivered(output)
         return [output]
+
+    def _passes_whole(self, data: bytes) -> bool:
+        """Most reads are whole events, plain and passing: these skip the rest of the way."""
+        return self._decompressor is None and self._editing and self._framer.whole(data) and self._let_pass(data)
 
     def _let_pass(self, block: bytes) -> bool:
         """

@@ -124,7 +124,7 @@ class StreamMeter:
             self.recent.append((now, block))
 
     def delivered(self, output: bytes) -> None:
-        """Called with what each read sends to the client, until the first answer text is found in it."""
+        """Called with what each read sends to the client."""
         if self.first_token_ms is None and _ANSWER_TEXT.search(output) is not None:
             self.first_token_ms = self._since_start(time.time())
 
