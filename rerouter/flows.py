@@ -7,7 +7,9 @@ by attribute, never through loose metadata keys.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any
 
 from mitmproxy import http
@@ -78,6 +80,15 @@ class FlowState:
 
     def row_fields(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in FLOW_FIELDS}
+
+
+def quick_call(stream: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """
+    A stream callable as it is cheapest to call once per read: an object's bound `__call__`,
+    which Python calls like a plain function, where calling the object itself goes through C
+    first (80 ns more a call here, per wrapper and read); anything else as it is.
+    """
+    return stream.__call__ if isinstance(getattr(type(stream), "__call__", None), FunctionType) else stream
 
 
 def flow_state(flow: http.HTTPFlow) -> FlowState:

@@ -54,6 +54,11 @@ class Framer:
     block into its events or lines only for the reads that are.
     """
 
+    ENDINGS: tuple[bytes, ...] = ()
+    """What a block that surely ends with a complete event or line ends with..."""
+    NOT_ENDINGS: tuple[bytes, ...] = ()
+    """...unless it ends with one of these: data, not a method, so the quick look costs no call."""
+
     def __init__(self) -> None:
         self._buffer = bytearray()
 
@@ -63,7 +68,7 @@ class Framer:
 
     def whole(self, data: bytes) -> bool:
         """A quick look: true only when nothing is held and `data` surely ends with a complete event or line."""
-        return not self._buffer and self._ends_complete(data)
+        return not self._buffer and data.endswith(self.ENDINGS) and not data.endswith(self.NOT_ENDINGS)
 
     def feed(self, data: bytes) -> bytes:
         """The complete events or lines so far, as one block (`data` itself when it is just that); the rest is held."""
@@ -77,9 +82,6 @@ class Framer:
             return b""
         self._buffer = bytearray(text[end:])
         return text if end == len(text) else text[:end]
-
-    def _ends_complete(self, text: bytes) -> bool:
-        raise NotImplementedError
 
     def _complete(self, text: bytes, start: int) -> int:
         """Where the last complete event or line in `text` ends (0 for none); none ends before `start`."""
@@ -99,11 +101,9 @@ class Framer:
 class SSEFramer(Framer):
     """Cuts a byte stream into server-sent events, each with its terminating blank line."""
 
-    def _ends_complete(self, text: bytes) -> bool:
-        # Blank lines are found from the left: only a run of exactly one blank line surely ends at the end.
-        if text.endswith(b"\n\n"):
-            return not text.endswith((b"\n\n\n", b"\r\n\n"))
-        return text.endswith(b"\r\n\r\n") and not text.endswith((b"\n\r\n\r\n", b"\r\r\n\r\n"))
+    # Blank lines are found from the left: only a run of exactly one blank line surely ends at the end.
+    ENDINGS = (b"\n\n", b"\r\n\r\n")
+    NOT_ENDINGS = (b"\n\n\n", b"\r\n\n", b"\n\r\n\r\n", b"\r\r\n\r\n")
 
     def _complete(self, text: bytes, start: int) -> int:
         # Only new bytes can complete a blank line, together with at most 2 bytes before them;
@@ -128,8 +128,7 @@ class SSEFramer(Framer):
 class LineFramer(Framer):
     """Cuts a byte stream into lines, each with its line ending."""
 
-    def _ends_complete(self, text: bytes) -> bool:
-        return text.endswith(b"\n")
+    ENDINGS = (b"\n",)
 
     def _complete(self, text: bytes, start: int) -> int:
         return text.rfind(b"\n", start) + 1
@@ -283,9 +282,7 @@ class EventStream:
     def __call__(self, data: bytes) -> list[bytes]:
         """What is ready goes out as one element: mitmproxy writes each element as a chunk of its own."""
         if self._passes_whole(data):
-            if self.meter is not None:
-                self.meter.delivered(data)
-            return [data]
+            return [data]  # the meter, if any, noted it received and delivered
         output = b"".join(self._process(data))
         if not output:
             return []

@@ -103,13 +103,19 @@ class StreamMeter:
 
     def passing(self, block: bytes) -> bool:
         """
-        Notes a read's complete events as one block that passes unsplit, and returns True; returns
-        False, noting nothing, when an event may have to be taken out: then `received` gets the events.
+        Notes a read's complete events as one block that passes unsplit and unedited, received and
+        delivered at once, and returns True; returns False, noting nothing, when an event may have to
+        be taken out: then `received` gets the events. Once both first tokens are seen, a block costs
+        a clock reading and the search for counts, without a further call.
         """
         counts = block.find(self.counts_key) >= 0
         if counts and self.drop_usage:
             return False
-        self._arrived(block)
+        if self.first_token_ms is None or self.first_token is None:
+            self._arrived(block)
+            self.delivered(block)
+        else:
+            self.recent.append((time.time(), block))
         if counts:
             self._count(block)
             self._rate()

@@ -25,6 +25,7 @@ from rerouter.decoding import sample
 from rerouter.flows import body_sample
 from rerouter.flows import is_proxied
 from rerouter.flows import flow_state
+from rerouter.flows import quick_call
 from rerouter.framing import LAST_EVENT_WINDOW
 from rerouter.framing import ends_with_last_event
 from rerouter.redaction import redact_path
@@ -133,7 +134,7 @@ class DeliveredStream:
     """
 
     def __init__(self, inner: Callable[[bytes], bytes | Iterable[bytes]] | bool, sample: BodySample) -> None:
-        self.inner = inner if callable(inner) else passing
+        self.inner = quick_call(inner) if callable(inner) else passing
         self.sample = sample
         self._add = sample.add
 

@@ -15,6 +15,7 @@ from rerouter.flows import flow_state
 from rerouter.flows import json_object
 from rerouter.flows import media_type
 from rerouter.flows import note
+from rerouter.flows import quick_call
 from rerouter.flows import set_json
 from rerouter.framing import EventStream
 from rerouter.framing import supports_encoding
@@ -48,12 +49,13 @@ class KeepAlive:
 
     def __init__(self, stream: EventStream, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream
+        self._pass_on = quick_call(stream)
         self.seconds = seconds
         self._clock = clock
         self._quiet_since: float | None = None
 
     def __call__(self, data: bytes) -> list[bytes]:
-        output = self.stream(data)
+        output = self._pass_on(data)
         if output or not data or not self.stream.editing:
             self._quiet_since = None
             return output

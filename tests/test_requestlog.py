@@ -1,3 +1,4 @@
+import functools
 import json
 import time
 from pathlib import Path
@@ -29,6 +30,13 @@ from tests.helpers import stored
 from tests.helpers import wait_for_async
 
 
+class Upper:
+    """A stream callable that is an object, as EventStream and KeepAlive are."""
+
+    def __call__(self, data: bytes) -> list[bytes]:
+        return [data.upper()] if data else []
+
+
 class TestDeliveredStream:
     def test_pass_through(self):
         sample = BodySample(cap=5)
@@ -37,7 +45,11 @@ class TestDeliveredStream:
         assert stream(b"") == []
         assert sample.size == 11 and sample.head == b"hello"
 
-    @pytest.mark.parametrize("inner", [lambda d: d.upper(), lambda d: [d.upper()] if d else []])
+    @pytest.mark.parametrize(
+        "inner",
+        [lambda d: d.upper(), lambda d: [d.upper()] if d else [], functools.partial(bytes.upper), Upper(), Upper().__call__],
+        ids=["bytes", "list", "partial", "object", "bound method"],
+    )
     def test_sees_what_the_inner_stream_sends(self, inner):
         sample = BodySample(cap=100)
         stream = DeliveredStream(inner, sample)
