@@ -133,6 +133,19 @@ class TestStreamMeter:
         assert keeping.passing(block)
         assert (keeping.prompt_tokens, keeping.completion_tokens) == (12, 30)
 
+    def test_a_block_that_passes_is_delivered_at_once(self, clock):
+        meter = StreamMeter(STARTED)
+        clock.now = STARTED + 0.2
+        assert meter.passing(sse(chat_chunk(role="assistant", content="")))
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (None, None)
+        clock.now = STARTED + 0.3
+        assert meter.passing(sse(chat_chunk("Hello")))
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (300.0, 300.0)
+        clock.now = STARTED + 0.4
+        assert meter.passing(sse(chat_chunk(" world")))
+        assert (meter.upstream_first_token_ms, meter.first_token_ms) == (300.0, 300.0)
+        assert [moment for moment, _ in meter.recent] == [STARTED + 0.3, STARTED + 0.4]
+
     def test_times_from_the_request_start(self, clock):
         stream, meter = metered("sse", OpenAIChunkEditor())
         clock.now = STARTED + 0.1
